@@ -1,0 +1,1 @@
+"""Modality adapters: raw input -> tokens, masks and data for each modality."""

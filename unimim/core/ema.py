@@ -1,0 +1,112 @@
+"""The EMA teacher of data2vec (and of iBOT): a frozen, fp32, eval-mode copy of a student module.
+
+theta_T <- tau * theta_T + (1 - tau) * theta_S after every optimizer step, with tau from a step-indexed
+schedule (data2vec, Baevski et al. 2022, §3.3 "Teacher parameterization"; ref: fairseq
+fairseq/modules/ema_module.py and ``get_annealed_rate`` in examples/data2vec/models/data2vec_audio.py@3d262bb).
+
+Which parameters are averaged and which are copied verbatim is explicit (``EMAConfig.copy``): the reference
+copies e.g. the text embeddings and the speech positional convolution. Buffers are always copied.
+The teacher is *not* an ``nn.Module`` child of the objective, so an optimizer or a DeepSpeed engine built over
+the objective never sees its parameters; the objective stores its state through ``get_extra_state``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.999        # tau at step 0
+    end_decay: float = 0.9999   # tau after `anneal_steps` optimizer steps (ignored for "constant")
+    anneal_steps: int = 30_000  # length of the anneal in optimizer steps
+    schedule: Literal["constant", "linear", "cosine"] = "linear"  # linear: data2vec; cosine: iBOT/DINO
+    copy: list[str] = field(default_factory=list)  # parameter-name prefixes copied from the student, not averaged
+
+    def __post_init__(self) -> None:
+        for name in ("decay", "end_decay"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"ema.{name} must be in [0, 1], got {v}")
+        if self.schedule != "constant" and self.anneal_steps < 1:
+            raise ValueError(f"ema.anneal_steps must be >= 1 for a {self.schedule} schedule")
+
+
+def ema_decay(cfg: EMAConfig, step: int) -> float:
+    """tau at optimizer step ``step`` (0-based count of completed updates before this one)."""
+    if cfg.schedule == "constant":
+        return cfg.decay
+    frac = min(1.0, step / cfg.anneal_steps)
+    if cfg.schedule == "linear":
+        return cfg.decay + (cfg.end_decay - cfg.decay) * frac
+    # cosine from decay to end_decay (iBOT: 0.996 -> 1)
+    return cfg.end_decay - (cfg.end_decay - cfg.decay) * (math.cos(math.pi * frac) + 1) / 2
+
+
+class EMATeacher:
+    """Frozen fp32 copy of ``student`` updated by exponential moving average.
+
+    Args:
+        student: the module whose weights are averaged (its structure is deep-copied once).
+        cfg: decay schedule and the names of parameters to copy instead of average.
+    """
+
+    def __init__(self, student: nn.Module, cfg: EMAConfig) -> None:
+        self.cfg = cfg
+        self.module = copy.deepcopy(student).float()
+        self.module.requires_grad_(False)
+        self.module.eval()
+        names = [n for n, _ in self.module.named_parameters()]
+        for prefix in cfg.copy:
+            if not any(n.startswith(prefix) for n in names):
+                raise ValueError(f"ema.copy entry {prefix!r} matches no parameter of the teacher")
+        self._copied = {n for n in names if any(n.startswith(p) for p in cfg.copy)}
+        self.last_decay = cfg.decay
+
+    def __call__(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, step: int) -> float:
+        """Average ``student`` into the teacher with tau = schedule(step); return tau.
+
+        With tau >= 1 the averaged parameters stay frozen (the data2vec 2.0 Large/Huge configs end at 1.0)."""
+        decay = ema_decay(self.cfg, step)
+        self.last_decay = decay
+        s_params = dict(student.named_parameters())
+        avg_t: list[Tensor] = []
+        avg_s: list[Tensor] = []
+        for name, p_t in self.module.named_parameters():
+            p_s = s_params.get(name)
+            if p_s is None:
+                raise KeyError(f"teacher parameter {name!r} has no student counterpart")
+            p_s = p_s.detach()
+            if name in self._copied:
+                p_t.copy_(p_s)
+            else:
+                avg_t.append(p_t)
+                avg_s.append(p_s.to(p_t.dtype))
+        if avg_t and decay < 1.0:
+            torch._foreach_lerp_(avg_t, avg_s, 1.0 - decay)  # t <- t + (1 - tau) (s - t)
+        s_buffers = dict(student.named_buffers())
+        for name, b_t in self.module.named_buffers():
+            if name in s_buffers:
+                b_t.copy_(s_buffers[name])
+        return decay
+
+    def to(self, *args, **kwargs) -> EMATeacher:
+        self.module.to(*args, **kwargs)
+        return self
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.module.load_state_dict(state)

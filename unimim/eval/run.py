@@ -1,0 +1,76 @@
+"""Evaluate a run directory: linear probe and kNN on frozen features, pretrained vs the same encoder with random
+weights (the baseline every pretraining claim is measured against)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from unimim.eval.features import extract_features
+from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe
+from unimim.experiment import config_from_dict
+from unimim.registry import MODALITIES, build_objective
+from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from unimim.train.engine import resolve_device
+from unimim.train.run import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Any:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.yaml in {run_dir}: is it a run directory made by `unimim pretrain`?")
+    return config_from_dict(yaml.safe_load(path.read_text()), overrides)
+
+
+def load_pretrained(run_dir: str | Path, cfg: Any, device: torch.device) -> torch.nn.Module:
+    objective = build_objective(cfg)
+    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, map_location="cpu")
+    objective.load_state_dict(ckpt["model"])
+    return objective.to(device).eval()
+
+
+def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Probe the run's student encoder and a randomly initialised twin; write probe.json; return the results."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, overrides)
+    pcfg = cfg.probe
+    device = resolve_device(cfg.train.device)
+    spec = MODALITIES[cfg.modality]
+    train_set, test_set = spec.build_eval_sets(cfg.data, cfg.adapter)
+
+    def loader(ds):
+        return DataLoader(ds, batch_size=max(cfg.train.batch_size, 256), shuffle=False,
+                          num_workers=cfg.train.num_workers, collate_fn=spec.collate)
+
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    seed_everything(cfg.train.seed)
+    encoders = {"random": build_objective(cfg).to(device).eval(), "pretrained": load_pretrained(run_dir, cfg, device)}
+    rows = []
+    for name, model in encoders.items():
+        t0 = time.perf_counter()
+        feats = {}
+        for split, ds in (("train", train_set), ("test", test_set)):
+            feats[split] = extract_features(model.encode, loader(ds), pool=pcfg.pool,
+                                            num_prefix_tokens=model.num_prefix_tokens, device=device, dtype=dtype,
+                                            progress=progress)
+        (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+        lin = linear_probe(xtr, ytr, xte, yte, pcfg)
+        knn = knn_accuracy(xtr, ytr, xte, yte, k=pcfg.knn_k, temperature=pcfg.knn_temperature)
+        rows.append({"encoder": name, "linear": lin["test_acc"], "linear_train": lin["train_acc"], "knn": knn,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        log.info("%s encoder: linear %.4f, kNN %.4f", name, lin["test_acc"], knn)
+    result = {"run_dir": str(run_dir), "num_train": len(train_set), "num_test": len(test_set),
+              "pool": pcfg.pool, "results": rows}
+    (run_dir / "probe.json").write_text(json.dumps(result, indent=2))
+    table = format_probe_table(rows)
+    (run_dir / "probe.txt").write_text(table + "\n")
+    return result | {"table": table}

@@ -1,0 +1,37 @@
+"""Stochastic depth and layer scale (CaiT, Touvron et al. 2021; used by BEiT / data2vec-vision)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class DropPath(nn.Module):
+    """Drop the whole residual branch per sample with probability ``p`` (Huang et al. 2016)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep) / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale of a residual branch, initialised to ``init`` (1e-4 ViT-B, 1e-5 ViT-L)."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma

@@ -1,0 +1,93 @@
+"""Transformer encoder returning every layer's block output and FFN output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from modalities.base import Tokens
+from unimim.nn.block import Block
+
+
+@dataclass
+class EncoderConfig:
+    dim: int = 768               # width D
+    depth: int = 12              # number of blocks L
+    num_heads: int = 12          # H
+    mlp_ratio: float = 4.0       # FFN hidden = mlp_ratio * D
+    qkv_bias: bool | str = True  # True | False | "qv" (BEiT: bias on q and v only)
+    norm_first: bool = True      # pre-LN (ViT/BEiT) or post-LN (BERT/wav2vec 2.0/data2vec speech+text)
+    final_norm: bool = True      # LayerNorm after the last block (pre-LN models)
+    layer_scale_init: float | None = None  # BEiT/data2vec-vision: 0.1 (B pretrain), 1e-5 (L); None = off
+    drop_path: float = 0.0       # stochastic depth, linearly increasing to this value at the last block
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    norm_eps: float = 1e-6       # 1e-6 ViT/BEiT, 1e-5 fairseq speech/text
+    init_std: float = 0.02       # truncated-normal std for Linear weights
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads != 0:
+            raise ValueError(f"encoder.dim={self.dim} must be divisible by encoder.num_heads={self.num_heads}")
+        if self.depth < 1:
+            raise ValueError(f"encoder.depth must be >= 1, got {self.depth}")
+
+
+@dataclass
+class EncoderOutput:
+    """x: (B, T, D) last layer (after the final norm, if any); layers / ffn: L tensors (B, T, D) each,
+    the block outputs and the FFN outputs before the residual."""
+
+    x: Tensor
+    layers: list[Tensor]
+    ffn: list[Tensor]
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`Block` s over :class:`Tokens`.
+
+    It runs on whatever tokens it is given: a full sequence with mask tokens substituted (data2vec 1.0,
+    BEiT, SimMIM) or the visible subset only (data2vec 2.0, MAE: ``tokens.select(mask_info.ids_keep)``).
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                cfg.dim,
+                cfg.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=cfg.qkv_bias,
+                norm_first=cfg.norm_first,
+                layer_scale_init=cfg.layer_scale_init,
+                drop_path=rate,
+                dropout=cfg.dropout,
+                attn_dropout=cfg.attn_dropout,
+                norm_eps=cfg.norm_eps,
+            )
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=self.cfg.init_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: Tokens) -> EncoderOutput:
+        """tokens.x: (B, T, D) -> EncoderOutput with x (B, T, D) and L per-layer tensors (B, T, D)."""
+        x = tokens.x
+        layers, ffn = [], []
+        for block in self.blocks:
+            x, f = block(x, tokens.padding_mask, tokens.attn_bias)
+            layers.append(x)
+            ffn.append(f)
+        return EncoderOutput(x=self.norm(x), layers=layers, ffn=ffn)

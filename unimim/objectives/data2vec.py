@@ -1,0 +1,130 @@
+"""data2vec 1.0: predict the teacher's averaged top-K layer representations at masked positions.
+
+Baevski, Hsu, Xu, Babu, Gu, Auli. "data2vec: A General Framework for Self-supervised Learning in Speech, Vision
+and Language", ICML 2022, §3 (Method): the student encodes the masked input (§3.2 mask tokens), an EMA teacher
+(§3.3) encodes the unmasked input, targets are the mean of its top-K layers, each normalised (§3.3 "Targets"),
+and a regression head predicts them at masked positions (§3.4, smooth-L1 / L2).
+
+Refs: fairseq examples/data2vec/models/data2vec_{audio,text}.py@3d262bb (speech, text);
+data2vec_vision beit/engine_for_cyclical.py and modeling_cyclical.py@af9a3634 (vision: block outputs,
+per-layer LN + final LN, smooth-L1 beta 2, element mean). Hyper-parameters: ../shared/reference/data2vec.md §2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from unimim.core.collapse import channel_std, check_collapse
+from unimim.core.ema import EMAConfig, EMATeacher
+from unimim.core.losses import regression_loss, resolve_scale
+from unimim.core.targets import Norm, build_targets
+from unimim.nn.encoder import TransformerEncoder
+from unimim.objectives.base import Objective, ObjectiveOutput
+
+
+@dataclass
+class Data2VecConfig:
+    top_k: int = 6                                  # K: teacher layers averaged (vision 6, speech 8, text 10)
+    target_source: Literal["block", "ffn"] = "block"  # block outputs (vision 1.0) or FFN before residual (speech/text)
+    layer_norm: Norm = "layer"                      # per-layer target norm: layer (vision/text), instance (speech)
+    final_norm: Norm = "layer"                      # norm of the average: layer (vision 1.0), none (speech/text)
+    loss_beta: float = 2.0                          # 0 = L2; > 0 = smooth-L1 with this beta (vision 2, text 4)
+    loss_scale: float | str = "inv_dim"             # inv_dim (vision element mean), inv_sqrt_dim (speech), or a number
+    head_layers: int = 1                            # 1: Linear (vision, speech); 2: Linear-GELU-Linear x2 width (text)
+    ema: EMAConfig = field(
+        default_factory=lambda: EMAConfig(decay=0.9998, end_decay=0.9998, schedule="constant")
+    )
+    min_target_std: float = 0.0                     # collapse floor on the targets' channel std (0 = off)
+    min_pred_std: float = 0.0                       # collapse floor on the predictions' channel std (0 = off)
+    collapse_after: int = 0                         # check the floors from this optimizer step on (ref: 5000)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"data2vec.top_k must be >= 1, got {self.top_k}")
+        if self.head_layers not in (1, 2):
+            raise ValueError(f"data2vec.head_layers must be 1 or 2, got {self.head_layers}")
+        if self.loss_beta < 0:
+            raise ValueError(f"data2vec.loss_beta must be >= 0, got {self.loss_beta}")
+
+
+def regression_head(dim: int, layers: int) -> nn.Module:
+    """Linear (vision/speech ``final_proj``) or Linear(D, 2D)-GELU-Linear(2D, D) (text ``regression_head``)."""
+    if layers == 1:
+        return nn.Linear(dim, dim)
+    return nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+
+class Data2Vec(Objective):
+    """Student (adapter + encoder + head) and an EMA teacher of the backbone (adapter + encoder)."""
+
+    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: Data2VecConfig) -> None:
+        super().__init__(adapter, encoder)
+        if cfg.top_k > encoder.cfg.depth:
+            raise ValueError(f"data2vec.top_k={cfg.top_k} exceeds encoder.depth={encoder.cfg.depth}")
+        self.cfg = cfg
+        dim = encoder.cfg.dim
+        self.head = regression_head(dim, cfg.head_layers)
+        self.loss_scale = resolve_scale(cfg.loss_scale, dim)
+        self.teacher = EMATeacher(self.backbone, cfg.ema)  # a plain attribute: not a child module
+        self.num_updates = 0
+
+    # -- the teacher follows device moves and lives in the checkpoint through the extra state --------------
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.teacher.module._apply(fn, recurse)
+        return self
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict(), "num_updates": self.num_updates}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.num_updates = int(state["num_updates"])
+
+    # -- training ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def targets(self, inputs: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """Teacher targets for every non-prefix token: (B, N, D), float32."""
+        teacher = self.teacher.module
+        tokens = teacher["adapter"].embed(inputs, padding_mask=padding_mask)
+        out = teacher["encoder"](tokens)
+        layers = out.ffn if self.cfg.target_source == "ffn" else out.layers
+        p = self.num_prefix_tokens
+        layers = [h[:, p:] for h in layers]  # L x (B, T, D) -> L x (B, N, D)
+        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]  # (B, N)
+        return build_targets(
+            layers, top_k=self.cfg.top_k, layer_norm=self.cfg.layer_norm, final_norm=self.cfg.final_norm,
+            padding_mask=pad,
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
+        inputs, mask = batch["inputs"], batch["mask"]  # mask: (B, N) bool, True = masked
+        padding_mask = batch.get("padding_mask")
+        p = self.num_prefix_tokens
+
+        tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
+        if tokens.padding_mask is not None:
+            mask = mask & ~tokens.padding_mask[:, p:]  # never regress padded positions
+        h = self.encoder(tokens).x[:, p:]  # (B, T, D) -> (B, N, D)
+        # the head runs on every position so that matrix shapes do not change with the mask count (a new
+        # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same
+        pred = self.head(h)[mask]  # (B, N, D) -> (M, D)
+
+        y = self.targets(inputs, padding_mask)[mask]  # (B, N, D) -> (M, D)
+        loss = regression_loss(pred, y, beta=self.cfg.loss_beta, scale=self.loss_scale)
+
+        stats = {"target_std": float(channel_std(y)), "pred_std": float(channel_std(pred))}
+        if self.training and self.num_updates >= self.cfg.collapse_after:
+            check_collapse(
+                stats, {"target_std": self.cfg.min_target_std, "pred_std": self.cfg.min_pred_std}, self.num_updates
+            )
+        logs = {**stats, "mask_ratio": float(mask.float().mean())}
+        return ObjectiveOutput(loss=loss, logs=logs)
+
+    def update_teacher(self, step: int) -> dict[str, float]:
+        self.num_updates = step
+        return {"ema_decay": self.teacher.update(self.backbone, step)}

@@ -1,0 +1,106 @@
+"""The engine interface between the training loop and a backend, and the single-process engine.
+
+The loop only calls ``autocast()``, ``backward(loss)`` and ``step(step)``; a DeepSpeed or DDP engine implements the
+same five members without the loop changing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class Engine(Protocol):
+    model: nn.Module
+    device: torch.device
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one micro-batch's loss (gradient accumulation is the engine's business)."""
+
+    def step(self, step: int) -> dict[str, float]:
+        """Finish optimizer step ``step``: set the lr, clip, update, zero grads. Returns lr and grad_norm."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine (use 'cpu' or 'auto')")
+    return torch.device(name)
+
+
+class SingleProcessEngine:
+    """One process on a CPU or one GPU: autocast mixed precision, accumulation, clipping, step-indexed lr.
+
+    Args:
+        model: the objective (trainable parameters only are optimised).
+        optimizer: built over ``model``'s parameters; its groups' lr are overwritten from ``lr_schedule`` each step.
+        lr_schedule: (total_steps,) peak-scaled learning rates.
+        accumulate: micro-batches per optimizer step; each micro-batch loss is divided by it.
+        clip_grad: max global gradient norm, or None.
+        precision: fp32, bf16 (autocast, no scaler) or fp16 (autocast + GradScaler, CUDA only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_schedule: np.ndarray,
+        *,
+        device: torch.device,
+        accumulate: int = 1,
+        clip_grad: float | None = None,
+        precision: Precision = "bf16",
+    ) -> None:
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("fp16 training needs a CUDA device; use precision: bf16 on the CPU")
+        self.model = model.to(device)
+        self.device = device
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.accumulate = accumulate
+        self.clip_grad = clip_grad
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        self._params = [p for p in model.parameters() if p.requires_grad]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.accumulate).backward()
+
+    def step(self, step: int) -> dict[str, float]:
+        lr = float(self.lr_schedule[min(step, len(self.lr_schedule) - 1)])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.clip_grad if self.clip_grad is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])

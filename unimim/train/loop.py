@@ -1,0 +1,87 @@
+"""The training loop. It does not know which objective, modality or engine it runs.
+
+for each optimizer step:
+    for each micro-batch:  loss = objective(batch).loss  ->  engine.backward(loss)
+    engine.step(step)  ->  objective.update_teacher(step + 1)  ->  log  ->  checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from unimim.objectives.base import Objective
+from unimim.train.engine import Engine
+from unimim.train.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_loop(
+    objective: Objective,
+    engine: Engine,
+    batches: Iterator[dict[str, Any]],
+    *,
+    start_step: int,
+    total_steps: int,
+    accumulate: int,
+    samples_per_step: int,
+    log_every: int,
+    checkpoint_every: int,
+    save: Callable[[int], str],
+    metrics: MetricsWriter,
+    progress: bool = True,
+) -> list[float]:
+    """Run optimizer steps ``start_step .. total_steps - 1``; return the per-step mean losses.
+
+    ``save(step)`` writes a checkpoint after ``step`` completed updates and returns its path.
+    """
+    objective.train()
+    losses: list[float] = []
+    last_ckpt = "none (no checkpoint written yet)"
+    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, dynamic_ncols=True, desc="pretrain")
+    t0, n0 = time.perf_counter(), start_step
+    for step in range(start_step, total_steps):
+        step_loss, logs = 0.0, {}
+        for _ in range(accumulate):
+            batch = to_device(next(batches), engine.device)
+            with engine.autocast():
+                out = objective(batch)
+            loss = float(out.loss.detach())
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss}) at step {step}; last good checkpoint: {last_ckpt}"
+                )
+            engine.backward(out.loss)
+            step_loss += loss / accumulate
+            logs = out.logs
+        stats = engine.step(step)
+        stats.update(objective.update_teacher(step + 1))
+        losses.append(step_loss)
+
+        done = step + 1
+        if done % log_every == 0 or done == total_steps:
+            elapsed = time.perf_counter() - t0
+            throughput = (done - n0) * samples_per_step / max(elapsed, 1e-9)
+            metrics.write(done, {"loss": step_loss, **stats, **logs, "samples_per_s": throughput})
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{stats['lr']:.2e}", sps=f"{throughput:.0f}")
+            t0, n0 = time.perf_counter(), done
+        if done % checkpoint_every == 0 or done == total_steps:
+            last_ckpt = save(done)
+        bar.update(1)
+    bar.close()
+    return losses
