@@ -102,6 +102,7 @@ def make_loader(source: ExampleSource, *, batch_size: int, seed: int, start: int
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(seed),  # worker base seeds must not draw from the global RNG
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )

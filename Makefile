@@ -1,0 +1,53 @@
+# unimim — set-up, demo, tests. `make demo` and `make test` do all set-up on a fresh Debian machine with Python 3.11.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_RECIPE ?= recipes/image/data2vec_fmnist_cpu.yaml
+RUNS ?= runs
+
+.PHONY: help install data demo test test-all bench clean
+
+help:
+	@echo "make demo   - set up, pretrain data2vec on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
+	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
+	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' \
+		|| { echo "error: set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,tensorboard]'
+	@touch $@
+
+# Default data: Fashion-MNIST from Debian's dataset-fashion-mnist package (installed when running as root).
+data:
+	@if [ -f $(FMNIST) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	else \
+		echo "error: Fashion-MNIST is missing ($(FMNIST))."; \
+		echo "       Install it as root: apt-get install dataset-fashion-mnist"; exit 1; \
+	fi
+
+demo: install data
+	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
+	$(VENV)/bin/unimim probe $(RUNS)/d2v_fmnist
+
+test: install data
+	$(PY) -m pytest
+
+test-all: install data
+	$(PY) -m pytest -m "" 
+
+bench: install
+	$(PY) benchmarks/step_throughput.py
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache

@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny CPU-sized overrides per modality, so every recipe can be smoke-run in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY_OVERRIDES = {
+    "image": [
+        "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "encoder.drop_path=0.1",
+        "adapter.image_size=16", "adapter.patch_size=4", "adapter.in_chans=1",
+        "data.source=synthetic", "data.image_size=16", "data.channels=1", "data.mean=[0.5]", "data.std=[0.25]",
+        "data.synthetic_size=64", "masking.min_block=2", "method.top_k=2",
+        "train.batch_size=8", "train.steps=3", "train.num_workers=0", "train.log_every=1",
+        "train.checkpoint_every=2", "train.device=cpu", "optim.warmup_steps=1",
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    yield

@@ -1,0 +1,42 @@
+import logging
+from pathlib import Path
+
+from tests.conftest import TINY_OVERRIDES
+from unimim.cli import main
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml")
+
+
+def test_bad_key_is_a_clear_error(caplog):
+    with caplog.at_level(logging.ERROR):
+        assert main(["pretrain", RECIPE, "train.stpes=3"]) == 2
+    assert "unknown config key 'train.stpes'. Did you mean 'train.steps'?" in caplog.text
+
+
+def test_missing_data_path_is_named(caplog, tmp_path):
+    with caplog.at_level(logging.ERROR):
+        code = main(["pretrain", RECIPE, "data.source=folder", "data.root=/no/such/images",
+                     f"train.out_dir={tmp_path}"])
+    assert code == 2
+    assert "/no/such/images" in caplog.text
+
+
+def test_missing_fashion_mnist_names_file_and_package(caplog, tmp_path):
+    with caplog.at_level(logging.ERROR):
+        code = main(["pretrain", RECIPE, f"data.root={tmp_path}/fmnist", f"train.out_dir={tmp_path}"])
+    assert code == 2
+    assert f"{tmp_path}/fmnist" in caplog.text and "dataset-fashion-mnist" in caplog.text
+
+
+def test_pretrain_then_probe(tmp_path, capsys):
+    args = TINY_OVERRIDES["image"] + [f"train.out_dir={tmp_path}", "name=cli", "probe.epochs=3", "probe.knn_k=3"]
+    assert main(["pretrain", RECIPE, *args, "--no-progress"]) == 0
+    assert main(["probe", str(tmp_path / "cli"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained" in out and "random" in out
+    assert (tmp_path / "cli" / "probe.json").is_file()
+
+
+def test_config_prints_resolved(capsys):
+    assert main(["config", RECIPE, "train.steps=7"]) == 0
+    assert "steps: 7" in capsys.readouterr().out

@@ -1,0 +1,136 @@
+"""End-to-end runs at tiny size: every recipe for 3 steps, resume equivalence, failure handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import unimim.train.run as run_mod
+from tests.conftest import TINY_OVERRIDES
+from unimim.core.collapse import CollapseError
+from unimim.experiment import load_recipe
+from unimim.train.checkpoint import load_checkpoint
+from unimim.train.loop import NonFiniteLossError
+from unimim.train.metrics import read_metrics
+from unimim.train.run import pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted(ROOT.joinpath("recipes").rglob("*.yaml"))
+
+
+def tiny(recipe: Path, tmp_path: Path, *extra: str):
+    cfg = load_recipe(recipe)
+    return load_recipe(recipe, TINY_OVERRIDES[cfg.modality] + [f"train.out_dir={tmp_path}", *extra])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_smoke(recipe, tmp_path):
+    cfg = tiny(recipe, tmp_path)
+    result = pretrain(cfg, progress=False)
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    rows = read_metrics(result.run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"loss", "lr", "grad_norm", "target_std", "pred_std", "samples_per_s"} <= rows[0].keys()
+    assert (result.run_dir / "config.yaml").is_file()
+    ckpt = load_checkpoint(result.run_dir / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["config"]["name"] == cfg.name
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir)]
+
+
+def test_resume_continues_the_same_trajectory(tmp_path, monkeypatch):
+    recipe = ROOT / "recipes/image/data2vec_fmnist_cpu.yaml"
+    common = ["train.steps=4", "train.precision=fp32"]
+    straight = pretrain(tiny(recipe, tmp_path / "a", *common), progress=False)
+
+    real_save = run_mod.save_checkpoint
+
+    def save_then_die(path, **kw):
+        real_save(path, **kw)
+        if kw["step"] == 2:
+            raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+
+    monkeypatch.setattr(run_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny(recipe, tmp_path / "b", *common), progress=False)
+    monkeypatch.undo()
+    resumed = pretrain(tiny(recipe, tmp_path / "b", *common), progress=False)
+    assert resumed.start_step == 2 and len(resumed.losses) == 2
+
+    assert _losses(straight.run_dir) == _losses(resumed.run_dir)  # bit-identical on CPU in fp32
+    a = load_checkpoint(straight.run_dir / "checkpoint.pt")["model"]
+    b = load_checkpoint(resumed.run_dir / "checkpoint.pt")["model"]
+    for k in a:
+        if k.endswith("_extra_state"):
+            for tk, tv in a[k]["teacher"].items():
+                assert torch.equal(tv, b[k]["teacher"][tk]), tk
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    recipe = ROOT / "recipes/image/data2vec_fmnist_cpu.yaml"
+    pretrain(tiny(recipe, tmp_path, "train.steps=2"), progress=False)
+    from unimim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot resume.*optim.weight_decay"):
+        pretrain(tiny(recipe, tmp_path, "train.steps=4", "optim.weight_decay=0.1"), progress=False)
+
+
+def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
+    import unimim.objectives.data2vec as d2v
+
+    real = d2v.regression_loss
+    calls = {"n": 0}
+
+    def nan_on_second_step(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(d2v, "regression_loss", nan_on_second_step)
+    cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "train.checkpoint_every=1")
+    with pytest.raises(NonFiniteLossError, match=r"at step 1; last good checkpoint: .*checkpoint.pt"):
+        pretrain(cfg, progress=False)
+    assert load_checkpoint(cfg.run_dir / "checkpoint.pt")["step"] == 1
+
+
+def test_collapse_floor_stops_the_run(tmp_path):
+    cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path,
+               "method.min_target_std=100.0", "method.collapse_after=0")
+    with pytest.raises(CollapseError, match="representation collapse at step 0: target_std="):
+        pretrain(cfg, progress=False)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from unimim.train import checkpoint
+
+    checkpoint.atomic_save({"a": 1}, tmp_path / "c.pt")
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_save({"a": 2}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "c.pt") == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_probe_on_a_tiny_run(tmp_path):
+    from unimim.eval.run import probe_run
+
+    cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "probe.epochs=5", "probe.knn_k=3")
+    pretrain(cfg, progress=False)
+    result = probe_run(cfg.run_dir, progress=False)
+    saved = json.loads((cfg.run_dir / "probe.json").read_text())
+    assert [r["encoder"] for r in saved["results"]] == ["random", "pretrained"]
+    assert all(0.0 <= r["linear"] <= 1.0 and 0.0 <= r["knn"] <= 1.0 for r in saved["results"])
+    assert "pretrained" in result["table"]
