@@ -14,8 +14,9 @@ from modalities.image.masking import ImageMaskConfig, MaskGenerator, build_mask_
 
 
 class ImagePretrainSource:
-    """``example(i, rng)`` -> {"inputs": (C, S, S) float, "mask": (N,) bool}; crops/flips use torch's RNG,
-    which the caller seeds per sample, and the mask uses ``rng``."""
+    """``example(i, rng)`` -> {"inputs": (C, S, S) float, "mask": (N,) bool, "skipped": int}; crops/flips use
+    torch's RNG, which the caller seeds per sample, and the mask uses ``rng``. ``skipped`` counts unreadable files
+    that were passed over to produce this example (the loop sums it into the run's metrics)."""
 
     def __init__(self, dataset: Dataset, mask_generator: MaskGenerator) -> None:
         self.dataset = dataset
@@ -25,9 +26,10 @@ class ImagePretrainSource:
         return len(self.dataset)
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        before = getattr(self.dataset, "num_skipped", 0)
         image, _ = self.dataset[index]
         mask = torch.from_numpy(self.mask_generator(rng))  # (N,) bool
-        return {"inputs": image, "mask": mask}
+        return {"inputs": image, "mask": mask, "skipped": getattr(self.dataset, "num_skipped", 0) - before}
 
 
 def check_consistency(data: ImageDataConfig, adapter: ImageAdapterConfig) -> None:

@@ -134,3 +134,23 @@ def test_probe_on_a_tiny_run(tmp_path):
     assert [r["encoder"] for r in saved["results"]] == ["random", "pretrained"]
     assert all(0.0 <= r["linear"] <= 1.0 and 0.0 <= r["knn"] <= 1.0 for r in saved["results"])
     assert "pretrained" in result["table"]
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images" / "train" / "shapes"
+    root.mkdir(parents=True)
+    for i in range(10):
+        Image.fromarray((torch.rand(16, 16) * 255).byte().numpy()).save(root / f"ok{i}.png")
+    good = (root / "ok0.png").read_bytes()
+    for i in range(3):
+        (root / f"truncated{i}.png").write_bytes(good[: len(good) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    (root / "zz.jpg").write_bytes(b"\xff\xd8\xff")
+    cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "data.source=folder",
+               f"data.root={tmp_path / 'images'}", "train.steps=2")  # 16 files, 2 batches of 8 = one epoch
+    result = pretrain(cfg, progress=False)
+    assert len(result.losses) == 2
+    assert read_metrics(result.run_dir)[-1]["skipped_inputs"] == 6

@@ -55,10 +55,14 @@ def train_loop(
     last_ckpt = "none (no checkpoint written yet)"
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, dynamic_ncols=True, desc="pretrain")
     t0, n0 = time.perf_counter(), start_step
+    skipped = 0  # unreadable inputs passed over by the data pipeline (optional "skipped" count per example)
     for step in range(start_step, total_steps):
         step_loss, logs = 0.0, {}
         for _ in range(accumulate):
-            batch = to_device(next(batches), engine.device)
+            batch = next(batches)
+            if "skipped" in batch:
+                skipped += int(batch.pop("skipped").sum())
+            batch = to_device(batch, engine.device)
             with engine.autocast():
                 out = objective(batch)
             loss = float(out.loss.detach())
@@ -77,11 +81,14 @@ def train_loop(
         if done % log_every == 0 or done == total_steps:
             elapsed = time.perf_counter() - t0
             throughput = (done - n0) * samples_per_step / max(elapsed, 1e-9)
-            metrics.write(done, {"loss": step_loss, **stats, **logs, "samples_per_s": throughput})
+            metrics.write(done, {"loss": step_loss, **stats, **logs, "samples_per_s": throughput,
+                                 "skipped_inputs": skipped})
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{stats['lr']:.2e}", sps=f"{throughput:.0f}")
             t0, n0 = time.perf_counter(), done
         if done % checkpoint_every == 0 or done == total_steps:
             last_ckpt = save(done)
         bar.update(1)
     bar.close()
+    if skipped:
+        log.warning("%d unreadable inputs were skipped during this run (see the warnings above)", skipped)
     return losses
