@@ -157,18 +157,19 @@ def from_hf_data2vec_vision(hf_state: Mapping[str, Tensor], *, depth: int, prefi
         and the encoder ``qkv_bias="qv"``, ``layer_scale_init`` set iff the HF layers have ``lambda_*``, and
         ``final_norm`` iff the HF model has ``layernorm`` (``use_mean_pooling=False``). ``qkv.weight`` is (3D, D)
         = [query; key; value]. A missing ``mask_token`` (``use_mask_token=False``, as in the released checkpoints)
-        becomes zeros (1, 1, D). Tensors are shared with ``hf_state`` except the fused ``qkv.weight``.
+        becomes zeros (1, 1, D). Tensors are shared with ``hf_state`` except the fused ``qkv.weight``, a re-indexed
+        table and a zero-filled mask token.
     """
     state = _strip_prefix(hf_state, prefix)
-    for key in [k for k in state if k.endswith("relative_position_index")]:
-        if key != _HF_INDEX:
-            raise ValueError(f"unexpected index buffer {key!r}")
     per_layer = [k for k in state if _PER_LAYER_TABLE.match(k)]
     if per_layer:
         raise ValueError(
             "per-layer relative position bias (use_relative_position_bias=True, e.g. fine-tuned checkpoints) is not "
             f"supported: the unimim adapter holds one shared table; found {per_layer[0]!r}"
         )
+    for key in [k for k in state if k.endswith("relative_position_index")]:
+        if key != _HF_INDEX:
+            raise ValueError(f"unexpected index buffer {key!r}")
     if _HF_TABLE in state and _HF_POS in state:
         raise ValueError("the state dict has both absolute position embeddings and a relative bias table; "
                          "ImageAdapter supports one kind of positions")
