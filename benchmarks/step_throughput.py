@@ -81,6 +81,7 @@ MODELS: dict[str, tuple[Path, list[str], str]] = {
     "vits16": (VITB_RECIPE, ["encoder.dim=384", "encoder.num_heads=6", "encoder.depth=12"], "ViT-S/16 224px"),
     "demo": (DEMO_RECIPE, [], "demo (fmnist cpu)"),
 }
+CONTENDED_UTIL = 0.85  # cpu util below this over the timed steps: flag the row as disturbed by other processes
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -105,11 +106,6 @@ class FlopModel:
     @property
     def step(self) -> float:
         return 3 * (self.depth * self.block + self.head) + 2 * self.embed + self.teacher_forward
-
-    @property
-    def forward_backward(self) -> float:
-        """What FlopCounterMode sees over objective forward + backward (= the step; the optimizer has no matmuls)."""
-        return self.step
 
 
 def analytic_flops(cfg: Any) -> FlopModel:
@@ -309,9 +305,12 @@ def bench_model(
                  counted / flops.step)
 
     median = statistics.median(times)
+    util = cpu_used / (sum(times) * threads) if device.type == "cpu" and times else None
+    if util is not None and util < CONTENDED_UTIL:
+        log.warning("%s %s: the process got %.0f%% of %d threads over the timed steps: another process is "
+                    "competing for the CPU, these timings are not meaningful", key, precision, 100 * util, threads)
     ips = batch / median
     achieved = flops.step * ips / 1e9
-    util = cpu_used / (sum(times) * threads) if device.type == "cpu" and times else None
     return RowResult(
         model=key, label=label, precision=precision, batch=batch, steps=steps, warmup=warmup,
         step_s_median=median, images_per_s=ips,
@@ -444,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
           f"device {device}{', ' + env['gpu'] if 'gpu' in env else ''}, torch {env['torch']}")
     print("# mm peak (GFLOP/s): " + ", ".join(f"{k} {v['gflops']:.1f}" for k, v in peaks.items()))
     print(format_table(rows))
+    if any(r.cpu_util is not None and r.cpu_util < CONTENDED_UTIL for r in rows):
+        print(f"# WARNING: cpu util < {100 * CONTENDED_UTIL:.0f}% in some rows: other processes competed for the "
+              "CPU; rerun on an idle machine")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
