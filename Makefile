@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_RECIPE ?= recipes/image/data2vec_fmnist_cpu.yaml
 RUNS ?= runs
 
-.PHONY: help install data demo test test-all bench clean
+.PHONY: help install data demo test test-all lint bench clean
 
 help:
 	@echo "make demo   - set up, pretrain data2vec on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
@@ -40,8 +40,11 @@ demo: install data
 	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
 	$(VENV)/bin/unimim probe $(RUNS)/d2v_fmnist
 
-test: install data
+test: install data lint
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-all: install data
 	$(PY) -m pytest -m "" 

@@ -450,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "environment": env,
-            "command": " ".join(["python", "benchmarks/step_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+            "command": " ".join(
+                ["python", "benchmarks/step_throughput.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
             "peaks": {k: {"gflops": v["gflops"], "per_size": {str(n): g for n, g in v["per_size"].items()}}
                       for k, v in peaks.items()},
             "results": [asdict(r) for r in rows],

@@ -59,6 +59,7 @@ class ImageMaskConfig:
         adjust: ``inverse_block``: ``mask_prob_adjust``, extra block centres (data2vec 2.0 base: 0.07).
         mask_patch_size: ``simmim``: side of the coarse mask unit in pixels (needs ``image_size`` and
             ``patch_size`` in :func:`build_mask_generator`).
+        num_masks: masks drawn per image (data2vec 2.0 multi-mask: 16 for images); >1 gives (R, N) masks.
     """
 
     kind: MaskKind = "block"
@@ -69,6 +70,11 @@ class ImageMaskConfig:
     block_size: int = 3
     adjust: float = 0.07
     mask_patch_size: int = 32
+    num_masks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_masks < 1:
+            raise ValueError(f"masking.num_masks must be >= 1, got {self.num_masks}")
 
 
 @runtime_checkable

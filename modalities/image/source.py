@@ -14,13 +14,14 @@ from modalities.image.masking import ImageMaskConfig, MaskGenerator, build_mask_
 
 
 class ImagePretrainSource:
-    """``example(i, rng)`` -> {"inputs": (C, S, S) float, "mask": (N,) bool, "skipped": int}; crops/flips use
+    """``example(i, rng)`` -> {"inputs": (C, S, S) float, "mask": (N,) | (R, N) bool, "skipped": int}; crops/flips use
     torch's RNG, which the caller seeds per sample, and the mask uses ``rng``. ``skipped`` counts unreadable files
     that were passed over to produce this example (the loop sums it into the run's metrics)."""
 
-    def __init__(self, dataset: Dataset, mask_generator: MaskGenerator) -> None:
+    def __init__(self, dataset: Dataset, mask_generator: MaskGenerator, num_masks: int = 1) -> None:
         self.dataset = dataset
         self.mask_generator = mask_generator
+        self.num_masks = num_masks
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -28,7 +29,10 @@ class ImagePretrainSource:
     def example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         before = getattr(self.dataset, "num_skipped", 0)
         image, _ = self.dataset[index]
-        mask = torch.from_numpy(self.mask_generator(rng))  # (N,) bool
+        if self.num_masks == 1:
+            mask = torch.from_numpy(self.mask_generator(rng))  # (N,) bool
+        else:
+            mask = torch.from_numpy(np.stack([self.mask_generator(rng) for _ in range(self.num_masks)]))  # (R, N)
         return {"inputs": image, "mask": mask, "skipped": getattr(self.dataset, "num_skipped", 0) - before}
 
 
@@ -44,7 +48,7 @@ def build_pretrain_source(data: ImageDataConfig, masking: ImageMaskConfig, adapt
     dataset = build_image_dataset(data, transform=pretrain_transform(data))
     generator = build_mask_generator(masking, adapter.grid, patch_size=adapter.patch_size,
                                      image_size=adapter.image_size)
-    return ImagePretrainSource(dataset, generator)
+    return ImagePretrainSource(dataset, generator, masking.num_masks)
 
 
 def build_eval_sets(data: ImageDataConfig, adapter: ImageAdapterConfig) -> tuple[Dataset, Dataset]:

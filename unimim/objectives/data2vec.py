@@ -21,13 +21,16 @@ from torch import Tensor, nn
 from unimim.core.collapse import channel_std, check_collapse
 from unimim.core.ema import EMAConfig, EMATeacher
 from unimim.core.losses import regression_loss, resolve_scale
+from unimim.core.masking import MaskInfo, prepend_unmasked
 from unimim.core.targets import Norm, build_targets
+from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective, ObjectiveOutput
 
 
 @dataclass
 class Data2VecConfig:
+    mode: Literal["v1", "v2"] = "v1"               # v1: data2vec 1.0; v2: data2vec 2.0 (visible-only student + decoder)
     top_k: int = 6                                  # K: teacher layers averaged (vision 6, speech 8, text 10)
     target_source: Literal["block", "ffn"] = "block"  # block outputs (vision 1.0) or FFN before residual (speech/text)
     layer_norm: Norm = "layer"                      # per-layer target norm: layer (vision/text), instance (speech)
@@ -38,6 +41,8 @@ class Data2VecConfig:
     ema: EMAConfig = field(
         default_factory=lambda: EMAConfig(decay=0.9998, end_decay=0.9998, schedule="constant")
     )
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # v2 only
+    mask_noise_std: float = 0.01                    # v2: std of the noise in masked decoder slots
     min_target_std: float = 0.0                     # collapse floor on the targets' channel std (0 = off)
     min_pred_std: float = 0.0                       # collapse floor on the predictions' channel std (0 = off)
     collapse_after: int = 0                         # check the floors from this optimizer step on (ref: 5000)
@@ -67,7 +72,10 @@ class Data2Vec(Objective):
             raise ValueError(f"data2vec.top_k={cfg.top_k} exceeds encoder.depth={encoder.cfg.depth}")
         self.cfg = cfg
         dim = encoder.cfg.dim
-        self.head = regression_head(dim, cfg.head_layers)
+        if cfg.mode == "v1":
+            self.head = regression_head(dim, cfg.head_layers)
+        else:  # the decoder works on the token grid the adapter declares (images), else on the sequence
+            self.decoder = ConvDecoder(cfg.decoder, in_dim=dim, grid=getattr(adapter, "grid", None))
         self.loss_scale = resolve_scale(cfg.loss_scale, dim)
         self.teacher = EMATeacher(self.backbone, cfg.ema)  # a plain attribute: not a child module
         self.num_updates = 0
@@ -102,19 +110,21 @@ class Data2Vec(Objective):
         )
 
     def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        inputs, mask = batch["inputs"], batch["mask"]  # mask: (B, N) bool, True = masked
+        inputs, mask = batch["inputs"], batch["mask"]  # mask: (B, N) or (B, R, N) bool, True = masked
         padding_mask = batch.get("padding_mask")
-        p = self.num_prefix_tokens
+        y = self.targets(inputs, padding_mask)  # (B, N, D): the teacher runs once per example
+        if mask.dim() == 3:  # R masks per example: the student sees every example R times (2.0 multi-mask)
+            r = mask.shape[1]
+            mask = mask.flatten(0, 1)  # (B, R, N) -> (B*R, N)
+            inputs, y = inputs.repeat_interleave(r, 0), y.repeat_interleave(r, 0)  # (B, ...) -> (B*R, ...)
+            if padding_mask is not None:
+                padding_mask = padding_mask.repeat_interleave(r, 0)
 
-        tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
-        if tokens.padding_mask is not None:
-            mask = mask & ~tokens.padding_mask[:, p:]  # never regress padded positions
-        h = self.encoder(tokens).x[:, p:]  # (B, T, D) -> (B, N, D)
-        # the head runs on every position so that matrix shapes do not change with the mask count (a new
-        # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same
-        pred = self.head(h)[mask]  # (B, N, D) -> (M, D)
-
-        y = self.targets(inputs, padding_mask)[mask]  # (B, N, D) -> (M, D)
+        student = self.student_v2 if self.cfg.mode == "v2" else self.student_v1
+        pred, pad = student(inputs, mask, padding_mask)  # (B', N, D), (B', N) | None
+        if pad is not None:
+            mask = mask & ~pad  # never regress padded positions
+        pred, y = pred[mask], y[mask]  # (B', N, D) -> (M, D)
         loss = regression_loss(pred, y, beta=self.cfg.loss_beta, scale=self.loss_scale)
 
         stats = {"target_std": float(channel_std(y)), "pred_std": float(channel_std(pred))}
@@ -124,6 +134,31 @@ class Data2Vec(Objective):
             )
         logs = {**stats, "mask_ratio": float(mask.float().mean())}
         return ObjectiveOutput(loss=loss, logs=logs)
+
+    def student_v1(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """data2vec 1.0: mask tokens substituted at the input, full sequence, linear head. -> (B, N, D)."""
+        p = self.num_prefix_tokens
+        tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
+        h = self.encoder(tokens).x[:, p:]  # (B, T, D) -> (B, N, D)
+        # the head runs on every position so that matrix shapes do not change with the mask count (a new
+        # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same
+        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
+        return self.head(h), pad
+
+    def student_v2(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """data2vec 2.0: the encoder sees only visible tokens; the conv decoder fills in the rest. -> (B, N, D)."""
+        p = self.num_prefix_tokens
+        tokens = self.adapter.embed(inputs, padding_mask=padding_mask)
+        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, T_keep), prefix tokens first
+        if keep is None:
+            raise ValueError(
+                "data2vec 2.0 needs the same number of masked tokens in every row; use a mask that masks an exact "
+                "count (masking.kind: inverse_block or random)"
+            )
+        h = self.encoder(tokens.select(keep)).x[:, p:]  # (B, T_keep, D) -> (B, N_keep, D)
+        full = fill_masked(h, MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
+        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
+        return self.decoder(full), pad
 
     def update_teacher(self, step: int) -> dict[str, float]:
         self.num_updates = step

@@ -7,7 +7,9 @@ import math
 import numpy as np
 
 
-def cosine_with_warmup(base: float, final: float, total_steps: int, warmup_steps: int, start: float = 0.0) -> np.ndarray:
+def cosine_with_warmup(
+    base: float, final: float, total_steps: int, warmup_steps: int, start: float = 0.0
+) -> np.ndarray:
     """Linear warm-up from ``start`` to ``base`` over ``warmup_steps``, then cosine decay to ``final``.
 
     Returns an array of length ``total_steps``: value i is used for optimizer step i (0-based).
