@@ -154,3 +154,14 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     result = pretrain(cfg, progress=False)
     assert len(result.losses) == 2
     assert read_metrics(result.run_dir)[-1]["skipped_inputs"] == 6
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    """batch 8 x 1 and batch 4 x 2 see the same examples and masks (random masks: equal counts per image, so the
+    mean over masked tokens equals the mean of the micro-batch means): same trajectory up to float rounding."""
+    recipe = ROOT / "recipes/image/data2vec_fmnist_cpu.yaml"
+    common = ["train.precision=fp32", "encoder.drop_path=0.0", "train.steps=3", "masking.kind=random"]
+    big = pretrain(tiny(recipe, tmp_path / "a", *common), progress=False)
+    acc = pretrain(tiny(recipe, tmp_path / "b", *common, "train.batch_size=4", "train.accumulate=2"),
+                   progress=False)
+    assert big.losses == pytest.approx(acc.losses, rel=1e-4)

@@ -1,4 +1,4 @@
-"""data2vec 1.0: predict the teacher's averaged top-K layer representations at masked positions.
+"""data2vec 1.0 and 2.0: predict the teacher's averaged top-K layer representations at masked positions.
 
 Baevski, Hsu, Xu, Babu, Gu, Auli. "data2vec: A General Framework for Self-supervised Learning in Speech, Vision
 and Language", ICML 2022, §3 (Method): the student encodes the masked input (§3.2 mask tokens), an EMA teacher
@@ -8,6 +8,12 @@ and a regression head predicts them at masked positions (§3.4, smooth-L1 / L2).
 Refs: fairseq examples/data2vec/models/data2vec_{audio,text}.py@3d262bb (speech, text);
 data2vec_vision beit/engine_for_cyclical.py and modeling_cyclical.py@af9a3634 (vision: block outputs,
 per-layer LN + final LN, smooth-L1 beta 2, element mean). Hyper-parameters: ../shared/reference/data2vec.md §2.
+
+``mode: v2`` is data2vec 2.0 (Baevski, Babu, Hsu, Auli. "Efficient Self-supervised Learning with Contextualized
+Target Representations for Vision, Speech and Language", ICML 2023, §3): the student encodes only the visible
+tokens, a conv decoder (:mod:`unimim.nn.decoder`) predicts every position from them plus noise, and each example
+carries R masks that share one teacher pass (multi-mask). Ref: fairseq examples/data2vec/models/data2vec2.py@3d262bb
+(data2vec.md §4). Not implemented from 2.0: the auxiliary cls loss and ALiBi.
 """
 
 from __future__ import annotations

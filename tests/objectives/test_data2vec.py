@@ -1,0 +1,107 @@
+import pytest
+import torch
+
+from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
+from unimim.core.ema import EMAConfig
+from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
+from unimim.nn.encoder import EncoderConfig, TransformerEncoder
+from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
+
+
+def make(mode="v1", **kw):
+    torch.manual_seed(0)
+    enc = EncoderConfig(dim=32, depth=3, num_heads=2)
+    adapter = ImageAdapter(ImageAdapterConfig(image_size=16, patch_size=4, in_chans=1), dim=32, num_heads=2)
+    cfg = Data2VecConfig(mode=mode, top_k=2, mask_noise_std=0.0,
+                         decoder=DecoderConfig(dim=32, layers=2, kernel=3, groups=4), **kw)
+    return Data2Vec(adapter, TransformerEncoder(enc), cfg).eval()
+
+
+def exact_mask(b, n=16, m=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, n, generator=g).argsort(dim=1) < m  # exactly m masked per row
+
+
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_student_never_sees_masked_content(mode):
+    model = make(mode)
+    x = torch.randn(2, 1, 16, 16)
+    mask = exact_mask(2)
+    x2 = x.clone()
+    # change the pixels of every masked patch (patch (r, c) covers rows 4r..4r+3, cols 4c..4c+3)
+    for b in range(2):
+        for i in mask[b].nonzero().flatten().tolist():
+            r, c = divmod(i, 4)
+            x2[b, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(1, 4, 4) * 10
+    student = model.student_v2 if mode == "v2" else model.student_v1
+    a, _ = student(x, mask, None)
+    b_, _ = student(x2, mask, None)
+    torch.testing.assert_close(a, b_)
+    assert not torch.allclose(model.targets(x, None), model.targets(x2, None))  # the teacher sees everything
+
+
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_multi_mask_loss_is_the_mean_over_masks(mode):
+    model = make(mode)
+    x = torch.randn(3, 1, 16, 16)
+    masks = torch.stack([exact_mask(3, seed=s) for s in range(4)], dim=1)  # (B, R, N)
+    joint = model({"inputs": x, "mask": masks}).loss
+    single = torch.stack([model({"inputs": x, "mask": masks[:, r]}).loss for r in range(4)])
+    torch.testing.assert_close(joint, single.mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_the_student_only():
+    model = make("v1").train()
+    model({"inputs": torch.randn(2, 1, 16, 16), "mask": exact_mask(2)}).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "mask_token" not in n)
+    assert all(p.grad is None for p in model.teacher.module.parameters())
+    assert not model.teacher.module.training
+
+
+def test_v2_needs_equal_mask_counts():
+    model = make("v2")
+    mask = exact_mask(2)
+    mask[0, mask[0].nonzero()[0]] = False  # row 0 now masks one fewer
+    with pytest.raises(ValueError, match="same number of masked tokens"):
+        model({"inputs": torch.randn(2, 1, 16, 16), "mask": mask})
+
+
+def test_teacher_update_and_checkpoint_state():
+    model = make("v1", ema=EMAConfig(decay=0.5, end_decay=0.5, schedule="constant"))
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    before = model.teacher.module["encoder"].blocks[0].mlp.fc1.weight.clone()
+    logs = model.update_teacher(7)
+    assert logs == {"ema_decay": 0.5}
+    student_w = model.backbone["encoder"].blocks[0].mlp.fc1.weight
+    torch.testing.assert_close(model.teacher.module["encoder"].blocks[0].mlp.fc1.weight,
+                               0.5 * before + 0.5 * student_w)
+    other = make("v1")
+    other.load_state_dict(model.state_dict())
+    assert other.num_updates == 7
+    torch.testing.assert_close(other.teacher.module["encoder"].blocks[0].mlp.fc1.weight,
+                               model.teacher.module["encoder"].blocks[0].mlp.fc1.weight)
+    assert not any(k.startswith("teacher") for k in model.state_dict())  # teacher only via the extra state
+    assert all(not n.startswith("teacher") for n, _ in model.named_parameters())  # optimizer never sees it
+
+
+def test_top_k_larger_than_depth():
+    adapter = ImageAdapter(ImageAdapterConfig(image_size=16, patch_size=4, in_chans=1), dim=32, num_heads=2)
+    with pytest.raises(ValueError, match="exceeds encoder.depth"):
+        Data2Vec(adapter, TransformerEncoder(EncoderConfig(dim=32, depth=1, num_heads=2)), Data2VecConfig(top_k=2))
+
+
+def test_fill_masked_and_decoder_shapes():
+    mask = torch.tensor([[True, False, True, False]])
+    from unimim.core.masking import MaskInfo
+
+    visible = torch.tensor([[[1.0], [2.0]]])  # tokens 1 and 3
+    full = fill_masked(visible, MaskInfo.from_mask(mask).ids_restore, noise_std=0.0)
+    assert full[0, :, 0].tolist() == [0.0, 1.0, 0.0, 2.0]
+    dec2 = ConvDecoder(DecoderConfig(dim=8, layers=2, kernel=3, groups=2), in_dim=6, grid=(2, 2))
+    assert dec2(torch.randn(3, 4, 6)).shape == (3, 4, 6)
+    dec1 = ConvDecoder(DecoderConfig(dim=8, layers=2, kernel=5, groups=1), in_dim=8)
+    assert dec1(torch.randn(3, 7, 8)).shape == (3, 7, 8)
+    with pytest.raises(ValueError, match="grid"):
+        dec2(torch.randn(1, 5, 6))
