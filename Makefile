@@ -5,13 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-DEMO_RECIPE ?= recipes/image/data2vec_fmnist_cpu.yaml
+DEMO_RECIPE ?= recipes/image/data2vec2_fmnist_cpu.yaml
+DEMO_NAME ?= d2v2_fmnist
 RUNS ?= runs
 
 .PHONY: help install data demo test test-all lint bench clean
 
 help:
-	@echo "make demo   - set up, pretrain data2vec on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
+	@echo "make demo   - set up, pretrain data2vec 2.0 on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
 
@@ -38,7 +39,7 @@ data:
 
 demo: install data
 	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
-	$(VENV)/bin/unimim probe $(RUNS)/d2v_fmnist
+	$(VENV)/bin/unimim probe $(RUNS)/$(DEMO_NAME)
 
 test: install data lint
 	$(PY) -m pytest
