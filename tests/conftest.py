@@ -12,7 +12,7 @@ TINY_OVERRIDES = {
         "data.source=synthetic", "data.image_size=16", "data.channels=1", "data.mean=[0.5]", "data.std=[0.25]",
         "data.synthetic_size=64", "masking.min_block=2", "method.top_k=2",
         "train.batch_size=8", "train.steps=3", "train.num_workers=0", "train.log_every=1",
-        "train.checkpoint_every=2", "train.device=cpu", "optim.warmup_steps=1",
+        "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
     ],
 }
 

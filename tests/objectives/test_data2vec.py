@@ -105,3 +105,10 @@ def test_fill_masked_and_decoder_shapes():
     assert dec1(torch.randn(3, 7, 8)).shape == (3, 7, 8)
     with pytest.raises(ValueError, match="grid"):
         dec2(torch.randn(1, 5, 6))
+
+
+def test_two_layer_text_style_head():
+    model = make("v1", head_layers=2)
+    assert [m.out_features for m in model.head if hasattr(m, "out_features")] == [64, 32]
+    out = model({"inputs": torch.randn(2, 1, 16, 16), "mask": exact_mask(2)})
+    assert torch.isfinite(out.loss)

@@ -65,3 +65,11 @@ def test_bad_inputs():
         a.embed(torch.randn(2, 1, 8, 8), mask=torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="divisible"):
         ImageAdapterConfig(image_size=30, patch_size=4)
+
+
+def test_without_cls_token():
+    a = _adapter(positions="sincos", cls_token=False)
+    assert a.num_prefix_tokens == 0
+    assert a.embed(torch.randn(2, 1, 8, 8)).x.shape == (2, 4, 8)
+    with pytest.raises(ValueError, match="needs cls_token"):
+        ImageAdapterConfig(image_size=8, patch_size=4, positions="relative", cls_token=False)
