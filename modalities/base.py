@@ -1,4 +1,4 @@
-"""The adapter contract: raw input of one modality -> embedded tokens.
+"""The adapter contract: raw input of one modality -> embedded :class:`Tokens`.
 
 An adapter embeds raw input and knows the geometry of its tokens (how many prefix tokens, how
 positions are encoded); it holds no training logic. Masks are made by the modality's mask
@@ -11,43 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
 from torch import Tensor, nn
 
-from unimim.core.masking import gather_tokens
-
-
-@dataclass
-class Tokens:
-    """Embedded tokens, positions already applied.
-
-    Attributes:
-        x: (B, T, D) tokens, prefix tokens (e.g. cls) first.
-        padding_mask: (B, T) bool, ``True`` = padding; ``None`` when nothing is padded.
-        attn_bias: (1 | B, H, T, T) additive attention bias (e.g. shared relative position bias) or ``None``.
-    """
-
-    x: Tensor
-    padding_mask: Tensor | None = None
-    attn_bias: Tensor | None = None
-
-    def select(self, ids: Tensor) -> Tokens:
-        """Keep tokens ``ids`` (B, T') of every row; the bias is gathered on both token axes."""
-        x = gather_tokens(self.x, ids)  # (B, T, D) -> (B, T', D)
-        pad = None if self.padding_mask is None else torch.gather(self.padding_mask, 1, ids)  # (B, T')
-        bias = None
-        if self.attn_bias is not None:
-            b, h = ids.shape[0], self.attn_bias.shape[1]
-            full = self.attn_bias.expand(b, h, -1, -1)  # (B, H, T, T)
-            rows = ids[:, None, :, None].expand(b, h, ids.shape[1], full.shape[-1])
-            bias = torch.gather(full, 2, rows)  # (B, H, T', T)
-            cols = ids[:, None, None, :].expand(b, h, ids.shape[1], ids.shape[1])
-            bias = torch.gather(bias, 3, cols)  # (B, H, T', T')
-        return Tokens(x=x, padding_mask=pad, attn_bias=bias)
+from unimim.nn.tokens import Tokens
 
 
 class Adapter(Protocol):
-    """What the core needs from a modality adapter (an ``nn.Module``)."""
+    """What the core needs from a modality adapter (an ``nn.Module``).
+
+    An adapter may also expose ``grid: (H, W)`` when its tokens lie on a 2-D grid (images); the data2vec 2.0
+    decoder then convolves in 2-D, otherwise along the sequence.
+    """
 
     num_prefix_tokens: int  # tokens before the patches/frames (cls), never masked
 
@@ -55,13 +29,6 @@ class Adapter(Protocol):
         """Embed raw input. ``mask`` (B, N) bool marks patches/frames whose embedding is replaced by the
         learned mask token before positions are added; ``padding_mask`` is input-level padding."""
         ...
-
-    def token_padding_mask(self, padding_mask: Tensor | None) -> Tensor | None:
-        """Map an input-level padding mask to the (B, N) token level (``None`` passes through)."""
-        ...
-
-
-AdapterModule = nn.Module  # adapters are nn.Modules implementing :class:`Adapter`
 
 
 @dataclass(frozen=True)
@@ -84,3 +51,6 @@ class ModalitySpec:
     build_pretrain_source: Callable[[Any, Any, Any], Any]
     build_eval_sets: Callable[[Any, Any], tuple[Any, Any]]
     collate: Callable | None = None
+
+
+__all__ = ["Adapter", "ModalitySpec", "Tokens"]

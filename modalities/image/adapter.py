@@ -96,6 +96,3 @@ class ImageAdapter(nn.Module):
             x = x + self.pos_table
         bias = self.rel_pos() if self.rel_pos is not None else None
         return Tokens(x=x, padding_mask=None, attn_bias=bias)
-
-    def token_padding_mask(self, padding_mask: Tensor | None) -> Tensor | None:
-        return None

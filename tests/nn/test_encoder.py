@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from modalities.base import Tokens
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
+from unimim.nn.tokens import Tokens
 
 
 def _encoder(**kw):

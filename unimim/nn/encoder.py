@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from modalities.base import Tokens
 from unimim.nn.block import Block
+from unimim.nn.tokens import Tokens
 
 
 @dataclass

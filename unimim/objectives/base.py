@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from modalities.base import Tokens
 from unimim.nn.encoder import TransformerEncoder
+from unimim.nn.tokens import Tokens
 
 
 @dataclass
