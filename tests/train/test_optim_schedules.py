@@ -48,3 +48,14 @@ def test_no_weight_decay_on_biases_norms_and_tokens():
     assert "backbone.adapter.rel_pos.table" in {names[i] for i in plain}
     assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0.0
     assert len(decayed) + len(plain) == sum(1 for p in model.parameters())
+
+
+def test_fp16_needs_cuda():
+    import torch
+
+    from unimim.train.engine import SingleProcessEngine
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="fp16 training needs a CUDA device"):
+        SingleProcessEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), np.zeros(1),
+                            device=torch.device("cpu"), precision="fp16")
