@@ -48,7 +48,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test-all: install data
-	$(PY) -m pytest -m "" 
+	$(PY) -m pytest -m "not gpu"
 
 bench: install
 	$(PY) benchmarks/step_throughput.py
