@@ -34,9 +34,10 @@ def test_student_never_sees_masked_content(mode):
             r, c = divmod(i, 4)
             x2[b, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(1, 4, 4) * 10
     student = model.student_v2 if mode == "v2" else model.student_v1
-    a, _ = student(x, mask, None)
-    b_, _ = student(x2, mask, None)
+    a, cls_a, _ = student(x, mask, None)
+    b_, cls_b, _ = student(x2, mask, None)
     torch.testing.assert_close(a, b_)
+    torch.testing.assert_close(cls_a, cls_b)
     assert not torch.allclose(model.targets(x, None), model.targets(x2, None))  # the teacher sees everything
 
 
@@ -112,3 +113,17 @@ def test_two_layer_text_style_head():
     assert [m.out_features for m in model.head if hasattr(m, "out_features")] == [64, 32]
     out = model({"inputs": torch.randn(2, 1, 16, 16), "mask": exact_mask(2)})
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("mode", ["v1", "v2"])
+def test_cls_loss_adds_weighted_regression_to_the_mean_target(mode):
+    x, mask = torch.randn(2, 1, 16, 16), exact_mask(2)
+    plain = make(mode)({"inputs": x, "mask": mask})
+    model = make(mode, cls_loss_weight=2.5)
+    out = model({"inputs": x, "mask": mask})
+    _, cls, _ = (model.student_v2 if mode == "v2" else model.student_v1)(x, mask, None)
+    y = model.targets(x, None)  # (B, N, D)
+    per_elem = torch.nn.functional.smooth_l1_loss(cls, y.mean(1), beta=2.0, reduction="none")  # (B, D)
+    expected = per_elem.sum(-1).mean() / 32  # scale 1/D (inv_dim), mean over rows
+    assert out.logs["cls_loss"] == pytest.approx(float(expected), rel=1e-4)
+    assert float(out.loss) == pytest.approx(float(plain.loss) + 2.5 * float(expected), rel=1e-4)

@@ -13,7 +13,12 @@ per-layer LN + final LN, smooth-L1 beta 2, element mean). Hyper-parameters: ../s
 Target Representations for Vision, Speech and Language", ICML 2023, §3): the student encodes only the visible
 tokens, a conv decoder (:mod:`unimim.nn.decoder`) predicts every position from them plus noise, and each example
 carries R masks that share one teacher pass (multi-mask). Ref: fairseq examples/data2vec/models/data2vec2.py@3d262bb
-(data2vec.md §4). Not implemented from 2.0: the auxiliary cls loss and ALiBi.
+(data2vec.md §4). Not implemented from 2.0: ALiBi.
+
+The auxiliary cls loss of 2.0 (the student's cls output regresses the mean of the example's targets) is added as
+``cls_loss_weight * mean over rows``. The reference adds ``cls_loss * sample_size`` to a sum that is divided by
+``sample_size``, i.e. its weight multiplies a *sum* over the rows on one GPU: its 0.01 with 16 images x 16 masks per
+GPU corresponds to ``cls_loss_weight = 2.56`` here.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Data2VecConfig:
     )
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # v2 only
     mask_noise_std: float = 0.01                    # v2: std of the noise in masked decoder slots
+    cls_loss_weight: float = 0.0                    # cls output regresses the mean target (2.0 image); see below
     min_target_std: float = 0.0                     # collapse floor on the targets' channel std (0 = off)
     min_pred_std: float = 0.0                       # collapse floor on the predictions' channel std (0 = off)
     collapse_after: int = 0                         # check the floors from this optimizer step on (ref: 5000)
@@ -60,6 +66,9 @@ class Data2VecConfig:
             raise ValueError(f"data2vec.head_layers must be 1 or 2, got {self.head_layers}")
         if self.loss_beta < 0:
             raise ValueError(f"data2vec.loss_beta must be >= 0, got {self.loss_beta}")
+
+
+StudentOutput = tuple[Tensor, Tensor | None, Tensor | None]  # predictions (B, N, D), cls (B, D), padding (B, N)
 
 
 def regression_head(dim: int, layers: int) -> nn.Module:
@@ -127,32 +136,46 @@ class Data2Vec(Objective):
                 padding_mask = padding_mask.repeat_interleave(r, 0)
 
         student = self.student_v2 if self.cfg.mode == "v2" else self.student_v1
-        pred, pad = student(inputs, mask, padding_mask)  # (B', N, D), (B', N) | None
+        pred, cls, pad = student(inputs, mask, padding_mask)  # (B', N, D), (B', D) | None, (B', N) | None
+        logs = {}
+        cls_loss = None
+        if self.cfg.cls_loss_weight > 0:
+            if cls is None:
+                raise ValueError("data2vec.cls_loss_weight > 0 needs an adapter with a cls token")
+            # data2vec 2.0: the student's cls output regresses the mean of the example's targets
+            keep = torch.ones_like(mask) if pad is None else ~pad  # (B', N)
+            cls_target = (y * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)  # (B', D)
+            cls_loss = regression_loss(cls, cls_target, beta=self.cfg.loss_beta, scale=self.loss_scale)
+            logs["cls_loss"] = float(cls_loss.detach())
         if pad is not None:
             mask = mask & ~pad  # never regress padded positions
         pred, y = pred[mask], y[mask]  # (B', N, D) -> (M, D)
         loss = regression_loss(pred, y, beta=self.cfg.loss_beta, scale=self.loss_scale)
+        if cls_loss is not None:
+            loss = loss + self.cfg.cls_loss_weight * cls_loss
 
         stats = {"target_std": float(channel_std(y)), "pred_std": float(channel_std(pred))}
         if self.training and self.num_updates >= self.cfg.collapse_after:
             check_collapse(
                 stats, {"target_std": self.cfg.min_target_std, "pred_std": self.cfg.min_pred_std}, self.num_updates
             )
-        logs = {**stats, "mask_ratio": float(mask.float().mean())}
+        logs.update(stats, mask_ratio=float(mask.float().mean()))
         return ObjectiveOutput(loss=loss, logs=logs)
 
-    def student_v1(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """data2vec 1.0: mask tokens substituted at the input, full sequence, linear head. -> (B, N, D)."""
+    def student_v1(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> StudentOutput:
+        """data2vec 1.0: mask tokens substituted at the input, full sequence, linear head.
+        Returns predictions (B, N, D), the cls output (B, D) | None and the token padding mask (B, N) | None."""
         p = self.num_prefix_tokens
         tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
-        h = self.encoder(tokens).x[:, p:]  # (B, T, D) -> (B, N, D)
+        h = self.encoder(tokens).x  # (B, T, D)
         # the head runs on every position so that matrix shapes do not change with the mask count (a new
         # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same
         pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
-        return self.head(h), pad
+        return self.head(h[:, p:]), (h[:, 0] if p else None), pad
 
-    def student_v2(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """data2vec 2.0: the encoder sees only visible tokens; the conv decoder fills in the rest. -> (B, N, D)."""
+    def student_v2(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> StudentOutput:
+        """data2vec 2.0: the encoder sees only visible tokens; the conv decoder fills in the rest.
+        Returns predictions (B, N, D), the cls output (B, D) | None and the token padding mask (B, N) | None."""
         p = self.num_prefix_tokens
         tokens = self.adapter.embed(inputs, padding_mask=padding_mask)
         keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, T_keep), prefix tokens first
@@ -161,10 +184,10 @@ class Data2Vec(Objective):
                 "data2vec 2.0 needs the same number of masked tokens in every row; use a mask that masks an exact "
                 "count (masking.kind: inverse_block or random)"
             )
-        h = self.encoder(tokens.select(keep)).x[:, p:]  # (B, T_keep, D) -> (B, N_keep, D)
-        full = fill_masked(h, MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
+        h = self.encoder(tokens.select(keep)).x  # (B, T_keep, D)
+        full = fill_masked(h[:, p:], MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
         pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
-        return self.decoder(full), pad
+        return self.decoder(full), (h[:, 0] if p else None), pad
 
     def update_teacher(self, step: int) -> dict[str, float]:
         self.num_updates = step
