@@ -117,13 +117,14 @@ def test_two_layer_text_style_head():
 
 @pytest.mark.parametrize("mode", ["v1", "v2"])
 def test_cls_loss_adds_weighted_regression_to_the_mean_target(mode):
-    x, mask = torch.randn(2, 1, 16, 16), exact_mask(2)
-    plain = make(mode)({"inputs": x, "mask": mask})
-    model = make(mode, cls_loss_weight=2.5)
-    out = model({"inputs": x, "mask": mask})
-    _, cls, _ = (model.student_v2 if mode == "v2" else model.student_v1)(x, mask, None)
-    y = model.targets(x, None)  # (B, N, D)
-    per_elem = torch.nn.functional.smooth_l1_loss(cls, y.mean(1), beta=2.0, reduction="none")  # (B, D)
-    expected = per_elem.sum(-1).mean() / 32  # scale 1/D (inv_dim), mean over rows
-    assert out.logs["cls_loss"] == pytest.approx(float(expected), rel=1e-4)
-    assert float(out.loss) == pytest.approx(float(plain.loss) + 2.5 * float(expected), rel=1e-4)
+    with torch.no_grad():
+        x, mask = torch.randn(2, 1, 16, 16), exact_mask(2)
+        plain = make(mode)({"inputs": x, "mask": mask})
+        model = make(mode, cls_loss_weight=2.5)
+        out = model({"inputs": x, "mask": mask})
+        _, cls, _ = (model.student_v2 if mode == "v2" else model.student_v1)(x, mask, None)
+        y = model.targets(x, None)  # (B, N, D)
+        per_elem = torch.nn.functional.smooth_l1_loss(cls, y.mean(1), beta=2.0, reduction="none")  # (B, D)
+        expected = per_elem.sum(-1).mean() / 32  # scale 1/D (inv_dim), mean over rows
+        assert out.logs["cls_loss"] == pytest.approx(float(expected), rel=1e-4)
+        assert float(out.loss) == pytest.approx(float(plain.loss) + 2.5 * float(expected), rel=1e-4)
