@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 TINY_OVERRIDES = {
     "image": [
         "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "encoder.drop_path=0.1",
@@ -16,8 +13,3 @@ TINY_OVERRIDES = {
     ],
 }
 
-
-@pytest.fixture(autouse=True)
-def _deterministic_threads():
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    yield

@@ -91,3 +91,16 @@ def test_bad_config():
         EMAConfig(decay=1.5)
     with pytest.raises(ValueError, match="matches no parameter"):
         EMATeacher(_net(), EMAConfig(copy=["encoder.embed"]))
+
+
+def test_update_follows_a_bf16_student_and_later_in_place_changes():
+    student = _net()
+    teacher = EMATeacher(student, EMAConfig(decay=0.5, end_decay=0.5, schedule="constant"))
+    teacher.update(student, 0)
+    student.bfloat16()  # moves parameter data; the cached pairing must still see the new tensors
+    with torch.no_grad():
+        student[0].weight.fill_(2.0)
+    before = teacher.module[0].weight.clone()
+    teacher.update(student, 1)
+    assert teacher.module[0].weight.dtype == torch.float32
+    torch.testing.assert_close(teacher.module[0].weight, 0.5 * before + 0.5 * 2.0)

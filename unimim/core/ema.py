@@ -67,7 +67,7 @@ class EMATeacher:
             if not any(n.startswith(prefix) for n in names):
                 raise ValueError(f"ema.copy entry {prefix!r} matches no parameter of the teacher")
         self._copied = {n for n in names if any(n.startswith(p) for p in cfg.copy)}
-        self.last_decay = cfg.decay
+        self._pairs: tuple[int, list, list, list, list, list] | None = None  # cached per student module
 
     def __call__(self, *args, **kwargs):
         with torch.no_grad():
@@ -79,31 +79,36 @@ class EMATeacher:
 
         With tau >= 1 the averaged parameters stay frozen (the data2vec 2.0 Large/Huge configs end at 1.0)."""
         decay = ema_decay(self.cfg, step)
-        self.last_decay = decay
-        s_params = dict(student.named_parameters())
-        avg_t: list[Tensor] = []
-        avg_s: list[Tensor] = []
-        for name, p_t in self.module.named_parameters():
-            p_s = s_params.get(name)
-            if p_s is None:
-                raise KeyError(f"teacher parameter {name!r} has no student counterpart")
-            p_s = p_s.detach()
-            if name in self._copied:
-                p_t.copy_(p_s)
-            else:
-                avg_t.append(p_t)
-                avg_s.append(p_s.to(p_t.dtype))
+        copy_t, copy_s, avg_t, avg_s, buffers = self._match(student)
+        if copy_t:
+            torch._foreach_copy_(copy_t, copy_s)
         if avg_t and decay < 1.0:
-            torch._foreach_lerp_(avg_t, avg_s, 1.0 - decay)  # t <- t + (1 - tau) (s - t)
-        s_buffers = dict(student.named_buffers())
-        for name, b_t in self.module.named_buffers():
-            if name in s_buffers:
-                b_t.copy_(s_buffers[name])
+            src = [p_s.to(p_t.dtype) for p_t, p_s in zip(avg_t, avg_s)]  # no-op unless the student is not fp32
+            torch._foreach_lerp_(avg_t, src, 1.0 - decay)  # t <- t + (1 - tau) (s - t)
+        for b_t, b_s in buffers:
+            b_t.copy_(b_s)
         return decay
 
-    def to(self, *args, **kwargs) -> EMATeacher:
-        self.module.to(*args, **kwargs)
-        return self
+    def _match(self, student: nn.Module) -> tuple[list, list, list, list, list]:
+        """Pair teacher and student parameters by name once per student module. The Parameter objects themselves
+        are kept (not detached views), so in-place optimizer updates and ``.to(device)`` moves stay visible."""
+        if self._pairs is None or self._pairs[0] != id(student):
+            s_params = dict(student.named_parameters())
+            copy_t, copy_s, avg_t, avg_s = [], [], [], []
+            for name, p_t in self.module.named_parameters():
+                if name not in s_params:
+                    raise KeyError(f"teacher parameter {name!r} has no student counterpart")
+                p_s = s_params[name]
+                if name in self._copied:
+                    copy_t.append(p_t)
+                    copy_s.append(p_s)
+                else:
+                    avg_t.append(p_t)
+                    avg_s.append(p_s)
+            s_buffers = dict(student.named_buffers())
+            buffers = [(b, s_buffers[n]) for n, b in self.module.named_buffers() if n in s_buffers]
+            self._pairs = (id(student), copy_t, copy_s, avg_t, avg_s, buffers)
+        return self._pairs[1:]
 
     def state_dict(self) -> dict[str, Tensor]:
         return self.module.state_dict()

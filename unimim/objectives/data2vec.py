@@ -143,8 +143,11 @@ class Data2Vec(Objective):
             if cls is None:
                 raise ValueError("data2vec.cls_loss_weight > 0 needs an adapter with a cls token")
             # data2vec 2.0: the student's cls output regresses the mean of the example's targets
-            keep = torch.ones_like(mask) if pad is None else ~pad  # (B', N)
-            cls_target = (y * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)  # (B', D)
+            if pad is None:
+                cls_target = y.mean(dim=1)  # (B', N, D) -> (B', D)
+            else:  # mean over real tokens only
+                keep = (~pad).unsqueeze(-1).to(y.dtype)  # (B', N, 1)
+                cls_target = (y * keep).sum(1) / keep.sum(1).clamp_min(1)  # (B', D)
             cls_loss = regression_loss(cls, cls_target, beta=self.cfg.loss_beta, scale=self.loss_scale)
             logs["cls_loss"] = float(cls_loss.detach())
         if pad is not None:
