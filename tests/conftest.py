@@ -13,3 +13,18 @@ TINY_OVERRIDES = {
     ],
 }
 
+
+# per-objective replacements of the modality's method.* overrides (the method sections differ per objective)
+TINY_OBJECTIVE_OVERRIDES = {
+    "mae": ["method.decoder.dim=16", "method.decoder.depth=1", "method.decoder.num_heads=2"],
+    "simmim": ["masking.mask_patch_size=8", "method.swin.embed_dim=16", "method.swin.depths=[1,1]",
+               "method.swin.num_heads=[2,2]", "method.swin.window_size=2"],
+}
+
+
+def tiny_overrides(modality: str, objective: str) -> list[str]:
+    """TINY_OVERRIDES[modality], with the method.* entries replaced for objectives listed above."""
+    base = TINY_OVERRIDES[modality]
+    if objective not in TINY_OBJECTIVE_OVERRIDES:
+        return list(base)
+    return [o for o in base if not o.startswith("method.")] + TINY_OBJECTIVE_OVERRIDES[objective]

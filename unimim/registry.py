@@ -10,6 +10,8 @@ from typing import Any
 
 from modalities.base import ModalitySpec
 from modalities.image import IMAGE
+from modalities.image.objectives.mae import MAE, MAEConfig
+from modalities.image.objectives.simmim import SimMIM, SimMIMConfig
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective
 from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
@@ -28,6 +30,8 @@ MODALITIES: dict[str, ModalitySpec] = {
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image",)),
+    "mae": ObjectiveSpec(MAE, MAEConfig, ("image",)),
+    "simmim": ObjectiveSpec(SimMIM, SimMIMConfig, ("image",)),
 }
 
 

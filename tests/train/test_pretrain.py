@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import unimim.train.run as run_mod
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import tiny_overrides
 from unimim.core.collapse import CollapseError
 from unimim.experiment import load_recipe
 from unimim.train.checkpoint import load_checkpoint
@@ -23,7 +23,7 @@ RECIPES = sorted(ROOT.joinpath("recipes").rglob("*.yaml"))
 
 def tiny(recipe: Path, tmp_path: Path, *extra: str):
     cfg = load_recipe(recipe)
-    return load_recipe(recipe, TINY_OVERRIDES[cfg.modality] + [f"train.out_dir={tmp_path}", *extra])
+    return load_recipe(recipe, tiny_overrides(cfg.modality, cfg.objective) + [f"train.out_dir={tmp_path}", *extra])
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)

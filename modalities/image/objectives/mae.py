@@ -1,0 +1,96 @@
+"""MAE: reconstruct the pixels of masked patches from the visible ones.
+
+He, Chen, Xie, Li, Dollár, Girshick. "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022, §3: random
+masking of 75 % of the patches (the batch's mask, ``masking.kind: random``, made by sorting per-patch noise), an
+encoder that sees only the visible patches (the foundation's ``Tokens.select(ids_keep)`` path), an asymmetric
+decoder (:mod:`modalities.image.mae_decoder`) with its own mask token and fixed 2-D sin-cos positions, pixel targets
+with optional per-patch normalisation (``norm_pix_loss``), and MSE over the masked patches only.
+
+Ref: facebookresearch/mae ``models_mae.py``@efb2a806 (``forward_encoder``, ``forward_decoder``, ``forward_loss``);
+spec in masked-image-modeling.md §1.1. Parity with ``transformers.ViTMAEForPreTraining`` is tested through
+:mod:`modalities.image.convert_mae`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from modalities.image.mae_decoder import MAEDecoder, MAEDecoderConfig
+from modalities.image.patches import denormalize_patches, normalize_patches, patchify, unpatchify
+from unimim.core.collapse import channel_std
+from unimim.core.masking import MaskInfo, prepend_unmasked
+from unimim.nn.encoder import TransformerEncoder
+from unimim.objectives.base import Objective, ObjectiveOutput
+
+
+@dataclass
+class MAEConfig:
+    decoder: MAEDecoderConfig = field(default_factory=MAEDecoderConfig)
+    norm_pix_loss: bool = True   # targets: each patch standardised by its own mean / variance (released models)
+
+
+def image_geometry(adapter: nn.Module) -> tuple[tuple[int, int], int, int]:
+    """(grid (H, W), patch_size, channels) of an image adapter; a clear error for any other adapter."""
+    cfg = getattr(adapter, "cfg", None)
+    if not hasattr(adapter, "grid") or not hasattr(cfg, "patch_size") or not hasattr(cfg, "in_chans"):
+        raise ValueError(f"pixel objectives need the image adapter (grid, patch_size, in_chans); got {type(adapter)}")
+    return tuple(adapter.grid), int(cfg.patch_size), int(cfg.in_chans)
+
+
+def check_mask(mask: Tensor, name: str) -> None:
+    if mask.dim() != 2:
+        raise ValueError(f"{name} takes one (B, N) mask per image, got {tuple(mask.shape)} (set masking.num_masks: 1)")
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError(f"{name}: every image needs at least one masked patch (masking.ratio is too small)")
+
+
+class MAE(Objective):
+    """Encoder (adapter + transformer on visible patches) + :class:`MAEDecoder` predicting masked pixels."""
+
+    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: MAEConfig) -> None:
+        super().__init__(adapter, encoder)
+        self.cfg = cfg
+        self.grid, self.patch_size, self.channels = image_geometry(adapter)
+        self.decoder = MAEDecoder(cfg.decoder, in_dim=encoder.cfg.dim, grid=self.grid,
+                                  out_dim=self.patch_size**2 * self.channels,
+                                  num_prefix_tokens=adapter.num_prefix_tokens)
+
+    def predict(self, inputs: Tensor, mask: Tensor) -> Tensor:
+        """inputs (B, C, S, S), mask (B, N) bool with the same count in every row -> predictions (B, N, p*p*C)
+        (in per-patch normalised units when ``norm_pix_loss``)."""
+        p = self.num_prefix_tokens
+        tokens = self.adapter.embed(inputs)  # positions are added before the masked patches are dropped
+        info = MaskInfo.from_mask(mask)
+        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, P + K), prefix first
+        if keep is None:
+            raise ValueError("MAE needs the same number of masked patches in every image (masking.kind: random)")
+        h = self.encoder(tokens.select(keep)).x  # (B, P + K, D): the encoder never sees a masked patch
+        return self.decoder(h, info.ids_restore)  # (B, N, p*p*C)
+
+    def targets(self, inputs: Tensor) -> Tensor:
+        """Pixel targets (B, N, p*p*C), float32, per-patch normalised when ``norm_pix_loss``."""
+        target = patchify(inputs.float(), self.patch_size)  # (B, C, S, S) -> (B, N, p*p*C)
+        return normalize_patches(target) if self.cfg.norm_pix_loss else target
+
+    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
+        inputs, mask = batch["inputs"], batch["mask"]  # (B, C, S, S), (B, N) bool, True = masked
+        check_mask(mask, "MAE")
+        pred = self.predict(inputs, mask).float()  # (B, N, P)
+        target = self.targets(inputs)  # (B, N, P)
+        per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
+        weight = mask.to(per_patch.dtype)
+        loss = (per_patch * weight).sum() / weight.sum()  # mean over masked patches only
+        logs = {"target_std": float(channel_std(target[mask])), "pred_std": float(channel_std(pred[mask])),
+                "mask_ratio": float(weight.mean())}
+        return ObjectiveOutput(loss=loss, logs=logs)
+
+    def reconstruct(self, inputs: Tensor, mask: Tensor) -> Tensor:
+        """Reconstructed images (B, C, S, S) in the inputs' (dataset-normalised) units, for display. With
+        ``norm_pix_loss`` each predicted patch is rescaled by the original patch's mean / std
+        (:func:`modalities.image.patches.denormalize_patches`)."""
+        pred = self.predict(inputs, mask).float()  # (B, N, P)
+        if self.cfg.norm_pix_loss:
+            pred = denormalize_patches(pred, patchify(inputs.float(), self.patch_size))
+        return unpatchify(pred, self.patch_size, self.grid, self.channels)  # (B, N, P) -> (B, C, S, S)
