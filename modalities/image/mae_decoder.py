@@ -26,6 +26,7 @@ class MAEDecoderConfig:
     depth: int = 8          # decoder blocks (paper: 8; 1 block still works, §4.1 Table 1a)
     num_heads: int = 16
     mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6  # LayerNorm eps (MAE: 1e-6; a converted transformers config may say otherwise)
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -55,7 +56,7 @@ class MAEDecoder(nn.Module):
         self.register_buffer("pos_table", table.unsqueeze(0), persistent=False)  # (1, P + N, d)
         self.blocks = TransformerEncoder(
             EncoderConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                          qkv_bias=True, norm_first=True, final_norm=True, norm_eps=1e-6)
+                          qkv_bias=True, norm_first=True, final_norm=True, norm_eps=cfg.norm_eps)
         )
         self.pred = nn.Linear(cfg.dim, out_dim)
         nn.init.normal_(self.mask_token, std=0.02)
