@@ -3,6 +3,7 @@
     unimim pretrain RECIPE.yaml [key.sub=value ...]    train (resumes the run directory's checkpoint)
     unimim probe RUN_DIR [key.sub=value ...]           linear probe + kNN, pretrained vs random weights
     unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config
+    unimim reconstruct RUN_DIR [--images F ...]        MAE / SimMIM reconstruction picture (PNG)
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from modalities.image.pictures import reconstruct_run
+
+    try:
+        path = reconstruct_run(args.run_dir, images=args.images, num=args.num, out=args.out, seed=args.seed,
+                               scale=args.scale)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    log.info("wrote %s", path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimim", description="data2vec-centred self-supervised pretraining")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -67,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("reconstruct", help="picture of a MAE / SimMIM run: original, masked, reconstruction, pasted")
+    p.add_argument("run_dir")
+    p.add_argument("--images", nargs="+", default=[], help="image files (default: the first --num test images)")
+    p.add_argument("--num", type=int, default=8, help="test images to show when --images is not given")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/reconstruction.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of each panel")
+    p.set_defaults(func=cmd_reconstruct)
     return parser
 
 
