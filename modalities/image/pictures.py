@@ -94,8 +94,11 @@ def save_png(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         image.save(tmp, format="PNG")
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the picture ordinary file permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
