@@ -9,6 +9,9 @@ with optional per-patch normalisation (``norm_pix_loss``), and MSE over the mask
 Ref: facebookresearch/mae ``models_mae.py``@efb2a806 (``forward_encoder``, ``forward_decoder``, ``forward_loss``);
 spec in masked-image-modeling.md §1.1. Parity with ``transformers.ViTMAEForPreTraining`` is tested through
 :mod:`modalities.image.convert_mae`.
+
+Not reproduced: MAE initialises every Linear and the patch projection xavier-uniform; here the encoder and decoder
+blocks keep the encoder's truncated-normal (std 0.02) init (the decoder's input and output maps are xavier).
 """
 
 from __future__ import annotations
