@@ -49,11 +49,12 @@ def test_mae_encoder_sees_only_visible_patches():
     torch.testing.assert_close(pred, pred2)
 
 
-def test_mae_loss_is_mse_on_masked_patches_only(monkeypatch):
-    model, cfg = build("mae_fmnist_cpu.yaml")
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_mae_loss_is_mse_on_masked_patches_only(monkeypatch, norm_pix):
+    model, cfg = build("mae_fmnist_cpu.yaml", f"method.norm_pix_loss={str(norm_pix).lower()}")
     x = torch.randn(2, 1, 16, 16)
     mask = masks(RandomMaskGenerator(cfg.adapter.grid, 0.75), 2)
-    target = normalize_patches(patchify(x, 4))  # (B, N, 16)
+    target = normalize_patches(patchify(x, 4)) if norm_pix else patchify(x, 4)  # (B, N, 16)
     noise = torch.randn_like(target)
     # a prediction that is wrong only on visible patches costs nothing
     monkeypatch.setattr(model, "predict", lambda inputs, m: target + noise * (~m).unsqueeze(-1))
