@@ -8,11 +8,13 @@
   The corruption is applied to the ids (``student_inputs``); every selected token is a prediction target,
   including the random and unchanged ones (the reference regresses only the ``<mask>`` ones, data2vec.md §10.2).
 * ``random`` -- data2vec 2.0 text (fairseq data2vec2 ``random_masking``, ``mask_length: 1``): exactly
-  ``int(prob * n)`` tokens, no corruption (the 2.0 student drops them).
+  ``int(prob * L)`` of the L positions, no corruption (the 2.0 student drops them). L counts every position, as in
+  the reference, so that equal-length blocks get equal counts (2.0 needs them); the tokens are drawn among the
+  non-special ones.
 
-Special and padding tokens are never selected, and ``n`` counts only the other tokens (the reference counts the
-whole sequence). Everything is drawn from the ``numpy`` generator it is given, so masks are a function of
-(seed, epoch, index) (:mod:`unimim.train.data`).
+Special and padding tokens are never selected; for ``bert`` the ``n`` above counts only the other tokens (the
+reference counts the whole sequence). Everything is drawn from the ``numpy`` generator it is given, so masks are a
+function of (seed, epoch, index) (:mod:`unimim.train.data`).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class TextMasker:
         if n == 0:
             return mask, student
         if cfg.kind == "random":
-            mask[rng.choice(maskable, min(n, int(cfg.prob * n)), replace=False)] = True
+            mask[rng.choice(maskable, min(n, int(cfg.prob * len(ids))), replace=False)] = True
             return mask, student
         num = int(cfg.prob * n / cfg.span_length + rng.random())
         num = min(num, n)
