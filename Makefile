@@ -10,14 +10,14 @@ DEMO_NAME ?= d2v2_fmnist
 RUNS ?= runs
 TEXT_DATA ?= data/text
 TEXT_TOKENIZER := $(TEXT_DATA)/tokenizer.json
-TEXT_RECIPE ?= recipes/text/data2vec_text_cpu.yaml
-TEXT_NAME ?= d2v_text_cpu
+TEXT_RECIPE ?= recipes/text/data2vec2_text_cpu.yaml
+TEXT_NAME ?= d2v2_text_cpu
 
 .PHONY: help install data demo test test-all lint bench clean data-text text-packages demo-text
 
 help:
 	@echo "make demo   - set up, pretrain data2vec 2.0 on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
-	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec (~10 min), WordNet probe"
+	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~9 min), WordNet probe"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
 
