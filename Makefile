@@ -8,11 +8,16 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_RECIPE ?= recipes/image/data2vec2_fmnist_cpu.yaml
 DEMO_NAME ?= d2v2_fmnist
 RUNS ?= runs
+TEXT_DATA ?= data/text
+TEXT_TOKENIZER := $(TEXT_DATA)/tokenizer.json
+TEXT_RECIPE ?= recipes/text/data2vec2_text_cpu.yaml
+TEXT_NAME ?= d2v2_text_cpu
 
-.PHONY: help install data demo test test-all lint bench clean
+.PHONY: help install data demo test test-all lint bench clean data-text text-packages demo-text
 
 help:
 	@echo "make demo   - set up, pretrain data2vec 2.0 on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
+	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~9 min), WordNet probe"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
 
@@ -40,6 +45,37 @@ data:
 demo: install data
 	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
 	$(VENV)/bin/unimim probe $(RUNS)/$(DEMO_NAME)
+	$(MAKE) --no-print-directory demo-text
+
+# Text data: Webster 1913 (dict-gcide) and the Python docs (python3.11-doc) for pretraining, WordNet glosses
+# (wordnet-base) for the probe; the Debian packages are installed when running as root. The corpora are extracted
+# to plain text under $(TEXT_DATA) and an 8K byte-level BPE tokenizer is trained on them (~20 s).
+text-packages:
+	@missing=""; \
+	[ -f /usr/share/dictd/gcide.dict.dz ] || missing="$$missing dict-gcide"; \
+	[ -d /usr/share/doc/python3.11/html ] || missing="$$missing python3.11-doc"; \
+	[ -f /usr/share/wordnet/data.noun ] || missing="$$missing wordnet-base"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	else \
+		echo "error: the text data needs the Debian packages:$$missing"; \
+		echo "       Install them as root: apt-get install$$missing"; exit 1; \
+	fi
+
+$(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt &:
+	$(MAKE) --no-print-directory text-packages
+	$(PY) -m modalities.text.corpora $(TEXT_DATA)
+
+$(TEXT_TOKENIZER): $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt
+	$(VENV)/bin/unimim tokenizer train $@ $^ --vocab-size 8192
+
+data-text: install text-packages $(TEXT_TOKENIZER)
+
+demo-text: install data-text
+	$(VENV)/bin/unimim pretrain $(TEXT_RECIPE) train.out_dir=$(RUNS)
+	$(VENV)/bin/unimim probe $(RUNS)/$(TEXT_NAME)
 
 test: install data lint
 	$(PY) -m pytest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor, nn
@@ -42,6 +43,8 @@ class ModalitySpec:
         build_pretrain_source(data_cfg, mask_cfg, adapter_cfg) -> an ExampleSource (``example(i, rng) -> dict``).
         build_eval_sets(data_cfg, adapter_cfg) -> (train, test) datasets of (inputs, label) for probes.
         collate: batch collation (None = torch's default).
+        bind_run_dir(data_cfg, run_dir): keeps run-specific inputs with the run (text: copies the tokenizer into
+            the run directory and points the data config at the copy); called before pretraining and probing.
     """
 
     adapter_config: type
@@ -51,6 +54,7 @@ class ModalitySpec:
     build_pretrain_source: Callable[[Any, Any, Any], Any]
     build_eval_sets: Callable[[Any, Any], tuple[Any, Any]]
     collate: Callable | None = None
+    bind_run_dir: Callable[[Any, Path], None] | None = None
 
 
 __all__ = ["Adapter", "ModalitySpec", "Tokens"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+TEXT_FIXTURES = Path(__file__).resolve().parent / "modalities" / "text" / "fixtures"
+
 TINY_OVERRIDES = {
     "image": [
         "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "encoder.drop_path=0.1",
@@ -10,6 +14,17 @@ TINY_OVERRIDES = {
         "data.synthetic_size=64", "masking.min_block=2", "method.top_k=2",
         "train.batch_size=8", "train.steps=3", "train.num_workers=0", "train.log_every=1",
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+    ],
+    "text": [
+        "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "method.top_k=2", "method.decoder.dim=32",
+        "method.decoder.layers=2", "method.decoder.kernel=3", "method.decoder.groups=1",
+        "adapter.vocab_size=300", "adapter.max_positions=32", "masking.num_masks=2",
+        f"data.paths=[{TEXT_FIXTURES / 'corpus.txt'}]", f"data.tokenizer={TEXT_FIXTURES / 'tokenizer.json'}",
+        f"data.wordnet_root={TEXT_FIXTURES / 'wordnet'}", "data.block_size=32", "data.probe_max_tokens=16",
+        "data.cache_dir=null", "data.probe_test_fraction=0.3",
+        "train.batch_size=4", "train.steps=3", "train.num_workers=0", "train.log_every=1",
+        "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+        "probe.epochs=5",
     ],
 }
 

@@ -4,6 +4,7 @@
     unimim probe RUN_DIR [key.sub=value ...]           linear probe + kNN, pretrained vs random weights
     unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config
     unimim reconstruct RUN_DIR [--images F ...]        MAE / SimMIM reconstruction picture (PNG)
+    unimim tokenizer train OUT INPUT... [options]      train a text tokenizer (OUT: *.json or *.model)
 """
 
 from __future__ import annotations
@@ -63,6 +64,39 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from itertools import chain
+
+    from modalities.text.corpora import read_documents
+    from modalities.text.tokenizer import TokenizerConfig, train_tokenizer
+
+    try:
+        cfg = TokenizerConfig(backend=args.backend, model_type=args.model_type, vocab_size=args.vocab_size,
+                              min_frequency=args.min_frequency, max_chars=args.max_chars)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    docs = chain.from_iterable(read_documents(p, args.documents) for p in args.inputs)
+    path = train_tokenizer(docs, cfg).save(args.out)
+    log.info("saved %s", path)
+    return 0
+
+
+def _add_tokenizer_parser(sub) -> None:
+    p = sub.add_parser("tokenizer", help="text tokenizers")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a BPE/unigram tokenizer from text files or directories")
+    t.add_argument("out", help="output file: *.json (bytelevel_bpe) or *.model (sentencepiece)")
+    t.add_argument("inputs", nargs="+", help="text files or directories of text files")
+    t.add_argument("--backend", choices=["bytelevel_bpe", "sentencepiece"], default="bytelevel_bpe")
+    t.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--max-chars", type=int, default=None, help="read at most this many characters of text")
+    t.add_argument("--documents", choices=["blank_line", "file"], default="blank_line",
+                   help="documents are blank-line separated blocks, or whole files")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimim", description="data2vec-centred self-supervised pretraining")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -89,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the masks")
     p.add_argument("--scale", type=int, default=4, help="pixel upscaling of each panel")
     p.set_defaults(func=cmd_reconstruct)
+    _add_tokenizer_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from modalities.base import ModalitySpec
 from modalities.image import IMAGE
 from modalities.image.objectives.mae import MAE, MAEConfig
 from modalities.image.objectives.simmim import SimMIM, SimMIMConfig
+from modalities.text import TEXT
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective
 from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
@@ -26,10 +27,11 @@ class ObjectiveSpec:
 
 MODALITIES: dict[str, ModalitySpec] = {
     "image": IMAGE,
+    "text": TEXT,
 }
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image",)),
+    "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image", "text")),
     "mae": ObjectiveSpec(MAE, MAEConfig, ("image",)),
     "simmim": ObjectiveSpec(SimMIM, SimMIMConfig, ("image",)),
 }

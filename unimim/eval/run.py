@@ -45,6 +45,8 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
     pcfg = cfg.probe
     device = resolve_device(cfg.train.device)
     spec = MODALITIES[cfg.modality]
+    if spec.bind_run_dir is not None:  # evaluate with the run's own copy of its inputs (the text tokenizer)
+        spec.bind_run_dir(cfg.data, run_dir)
     train_set, test_set = spec.build_eval_sets(cfg.data, cfg.adapter)
 
     def loader(ds):

@@ -125,18 +125,29 @@ class Data2Vec(Objective):
         )
 
     def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
+        """``batch``: inputs, mask (B, N) or (B, R, N) bool (True = masked), optional padding_mask, and optional
+        ``student_inputs`` (shaped like ``mask``): the input already corrupted by the masking (BERT's 80/10/10 on
+        token ids). The student then sees it as is, while the teacher always sees the clean ``inputs``."""
         inputs, mask = batch["inputs"], batch["mask"]  # mask: (B, N) or (B, R, N) bool, True = masked
         padding_mask = batch.get("padding_mask")
-        y = self.targets(inputs, padding_mask)  # (B, N, D): the teacher runs once per example
+        corrupted = batch.get("student_inputs")
+        y = self.targets(inputs, padding_mask)  # (B, N, D): the teacher runs once per example, on clean input
         if mask.dim() == 3:  # R masks per example: the student sees every example R times (2.0 multi-mask)
             r = mask.shape[1]
             mask = mask.flatten(0, 1)  # (B, R, N) -> (B*R, N)
             inputs, y = inputs.repeat_interleave(r, 0), y.repeat_interleave(r, 0)  # (B, ...) -> (B*R, ...)
+            if corrupted is not None:
+                corrupted = corrupted.flatten(0, 1)  # (B, R, N) -> (B*R, N)
             if padding_mask is not None:
                 padding_mask = padding_mask.repeat_interleave(r, 0)
 
         student = self.student_v2 if self.cfg.mode == "v2" else self.student_v1
-        pred, cls, pad = student(inputs, mask, padding_mask)  # (B', N, D), (B', D) | None, (B', N) | None
+        if corrupted is not None:
+            if self.cfg.mode == "v2":
+                raise ValueError("data2vec 2.0 drops masked tokens; student_inputs (corrupted ids) apply to v1 only")
+            pred, cls, pad = self.student_v1(corrupted, mask, padding_mask, substitute=False)
+        else:
+            pred, cls, pad = student(inputs, mask, padding_mask)  # (B', N, D), (B', D) | None, (B', N) | None
         logs = {}
         cls_loss = None
         if self.cfg.cls_loss_weight > 0:
@@ -165,11 +176,14 @@ class Data2Vec(Objective):
         logs.update(stats, mask_ratio=float(mask.float().mean()))
         return ObjectiveOutput(loss=loss, logs=logs)
 
-    def student_v1(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> StudentOutput:
-        """data2vec 1.0: mask tokens substituted at the input, full sequence, linear head.
+    def student_v1(
+        self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None, substitute: bool = True
+    ) -> StudentOutput:
+        """data2vec 1.0: mask tokens substituted at the input (unless ``substitute`` is False: the input is already
+        corrupted), full sequence, linear head.
         Returns predictions (B, N, D), the cls output (B, D) | None and the token padding mask (B, N) | None."""
         p = self.num_prefix_tokens
-        tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
+        tokens = self.adapter.embed(inputs, mask=mask if substitute else None, padding_mask=padding_mask)
         h = self.encoder(tokens).x  # (B, T, D)
         # the head runs on every position so that matrix shapes do not change with the mask count (a new
         # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same

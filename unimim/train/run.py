@@ -79,6 +79,8 @@ def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:
     seed_everything(cfg.train.seed)
 
     spec = MODALITIES[cfg.modality]
+    if spec.bind_run_dir is not None:  # e.g. the text tokenizer is copied into the run directory
+        spec.bind_run_dir(cfg.data, run_dir)
     source = spec.build_pretrain_source(cfg.data, cfg.masking, cfg.adapter)
     objective = build_objective(cfg)
     device = resolve_device(cfg.train.device)
