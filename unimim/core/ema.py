@@ -57,7 +57,7 @@ def gathered(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
     averages (as fairseq's EMAModule does with ``ema_fp32``)."""
     if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
-    from deepspeed.zero import GatheredParameters
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 
     return GatheredParameters(params)  # all-gather on entry, re-partition on exit (read-only: no modifier rank)
 

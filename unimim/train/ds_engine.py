@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from unimim.config import ConfigError
+from unimim.objectives.base import ObjectiveOutput
 from unimim.train import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -117,16 +118,30 @@ def _register_zero3_externals(model: nn.Module) -> int:
     """ZeRO-3 gathers a module's parameters when that module's ``forward`` runs. Parameters read by a method of
     their owner instead (e.g. the adapter's mask / cls tokens and position table in ``embed``) are registered with
     the top-level module, so they are gathered for the whole forward pass. Returns how many were registered."""
-    from deepspeed.zero import register_external_parameter
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
 
     n = 0
     for module in model.modules():
-        if module is model or not any(True for _ in module.children()):
+        if module is model or not any(True for _ in module.children()):  # (model: the _Entry wrapper)
             continue  # leaf modules (Linear, LayerNorm, ...) only ever use their parameters in their forward
         for p in module.parameters(recurse=False):
             register_external_parameter(model, p)
             n += 1
     return n
+
+
+class _Entry(nn.Module):
+    """What DeepSpeed wraps: the objective, returning ``(loss, logs)``. ZeRO-3 re-gathers a module's partitioned
+    parameters for the backward pass from hooks it places on the tensors the module's forward returns, and it
+    cannot see into an :class:`ObjectiveOutput`; a tuple it can."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.objective(batch)
+        return out.loss, out.logs
 
 
 class DeepSpeedEngine:
@@ -147,15 +162,20 @@ class DeepSpeedEngine:
         self.precision = precision
         self.lr_schedule = lr_schedule
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
-        self.ds, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        entry = _Entry(model)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(model=entry, optimizer=optimizer, config=ds_config)
         if self.zero_stage == 3:
-            _register_zero3_externals(model)
-        self.model = self.ds  # forward through DeepSpeed's engine: its hooks gather / scale as configured
+            _register_zero3_externals(entry)
         self.objective = model
         self.device = self.ds.device
         self.rank = dist_utils.rank()
         self.world_size = dist_utils.world_size()
         self.is_main = self.rank == 0
+
+    def model(self, batch: dict[str, Any]) -> ObjectiveOutput:
+        """The objective's forward through DeepSpeed's engine (its hooks gather and scale as configured)."""
+        loss, logs = self.ds(batch)
+        return ObjectiveOutput(loss=loss, logs=logs)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """DeepSpeed holds the student in bf16 / fp16; autocast lets fp32 inputs and the fp32 teacher's
@@ -204,7 +224,7 @@ class DeepSpeedEngine:
 
     def gathered(self, params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
         if self.zero_stage == 3:
-            import deepspeed
+            from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 
-            return deepspeed.zero.GatheredParameters(params)
+            return GatheredParameters(params)
         return contextlib.nullcontext()

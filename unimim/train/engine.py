@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -20,7 +21,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class Engine(Protocol):
-    model: nn.Module       # the objective as the backend runs it (the loop calls ``model(batch)``)
+    model: Callable[[dict[str, Any]], Any]  # the objective as the backend runs it: model(batch) -> ObjectiveOutput
     device: torch.device
     is_main: bool          # the process that logs, shows progress and writes metrics
     world_size: int        # processes taking part in each optimizer step
