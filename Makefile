@@ -13,13 +13,14 @@ TEXT_TOKENIZER := $(TEXT_DATA)/tokenizer.json
 TEXT_RECIPE ?= recipes/text/data2vec2_text_cpu.yaml
 TEXT_NAME ?= d2v2_text_cpu
 
-.PHONY: help install data demo test test-all lint bench clean data-text text-packages demo-text
+.PHONY: help install data toolchain demo test test-deepspeed test-all lint bench clean data-text text-packages demo-text
 
 help:
 	@echo "make demo   - set up, pretrain data2vec 2.0 on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
 	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~9 min), WordNet probe"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
+	@echo "make test-deepspeed - the DeepSpeed tests only (2-process CPU jobs, ~2 min)"
 
 install: $(STAMP)
 
@@ -40,6 +41,20 @@ data:
 	else \
 		echo "error: Fashion-MNIST is missing ($(FMNIST))."; \
 		echo "       Install it as root: apt-get install dataset-fashion-mnist"; exit 1; \
+	fi
+
+# DeepSpeed compiles a small shared-memory op on first use (ninja comes from pip; g++ and Python's headers from Debian).
+toolchain:
+	@missing=""; command -v g++ >/dev/null || missing="g++"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+		2>/dev/null || missing="$$missing $$(basename $$(readlink -f $(PYTHON)))-dev"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	else \
+		echo "error: DeepSpeed needs a C++ compiler and Python headers to build its ops; missing:$$missing"; \
+		echo "       Install them as root: apt-get install$$missing"; exit 1; \
 	fi
 
 demo: install data
@@ -77,14 +92,17 @@ demo-text: install data-text
 	$(VENV)/bin/unimim pretrain $(TEXT_RECIPE) train.out_dir=$(RUNS)
 	$(VENV)/bin/unimim probe $(RUNS)/$(TEXT_NAME)
 
-test: install data lint
-	$(PY) -m pytest
+test: install data toolchain lint
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
+
+test-deepspeed: install toolchain
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest tests/train/test_deepspeed_config.py tests/train/test_deepspeed_launch.py
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-test-all: install data
-	$(PY) -m pytest -m "not gpu"
+test-all: install data toolchain
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -m "not gpu"
 
 bench: install
 	$(PY) benchmarks/step_throughput.py

@@ -11,6 +11,7 @@ data:     {...}             # the modality's data config
 method:   {...}             # the objective's config (e.g. Data2VecConfig)
 optim:    {...}             # OptimConfig
 train:    {...}             # TrainConfig
+deepspeed: {...}            # DeepSpeedConfig (enabled: true runs the recipe under DeepSpeed)
 probe:    {...}             # ProbeConfig
 ```
 """
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from unimim.config import ConfigError, load_config, read_yaml
 from unimim.eval.probe import ProbeConfig
 from unimim.nn.encoder import EncoderConfig
+from unimim.train.ds_engine import DeepSpeedConfig
 from unimim.train.optim import OptimConfig
 
 
@@ -42,11 +44,15 @@ class TrainConfig:
     checkpoint_every: int = 500       # optimizer steps between checkpoints (and at the end)
     resume: bool = True               # continue from out_dir/name/checkpoint.pt when it exists
     threads: int | None = None        # torch intra-op threads (None = torch default)
+    stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job
+                                      # slice; the schedule still spans `steps`; the next invocation resumes)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accumulate", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"train.stop_after must be >= 1 or null, got {self.stop_after}")
 
 
 @dataclass
@@ -58,6 +64,7 @@ class ExperimentBase:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -65,6 +72,7 @@ class ExperimentBase:
 
     @property
     def effective_batch(self) -> int:
+        """Examples per optimizer step in one process (the global batch is this x the number of processes)."""
         return self.train.batch_size * self.train.accumulate
 
 

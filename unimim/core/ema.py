@@ -12,6 +12,7 @@ the objective never sees its parameters; the objective stores its state through 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -49,6 +50,18 @@ def ema_decay(cfg: EMAConfig, step: int) -> float:
     return cfg.end_decay - (cfg.end_decay - cfg.decay) * (math.cos(math.pi * frac) + 1) / 2
 
 
+def gathered(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+    """The one place where a student partitioned across processes (DeepSpeed ZeRO-3: each rank holds a shard,
+    marked by ``ds_id``) is gathered whole for the teacher update; a no-op for ordinary parameters. Under
+    DeepSpeed bf16 / fp16 the student's parameters are the engine's half-precision copy, which the fp32 teacher
+    averages (as fairseq's EMAModule does with ``ema_fp32``)."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+    return GatheredParameters(params)  # all-gather on entry, re-partition on exit (read-only: no modifier rank)
+
+
 class EMATeacher:
     """Frozen fp32 copy of ``student`` updated by exponential moving average.
 
@@ -80,11 +93,12 @@ class EMATeacher:
         With tau >= 1 the averaged parameters stay frozen (the data2vec 2.0 Large/Huge configs end at 1.0)."""
         decay = ema_decay(self.cfg, step)
         copy_t, copy_s, avg_t, avg_s, buffers = self._match(student)
-        if copy_t:
-            torch._foreach_copy_(copy_t, copy_s)
-        if avg_t and decay < 1.0:
-            src = [p_s.to(p_t.dtype) for p_t, p_s in zip(avg_t, avg_s)]  # no-op unless the student is not fp32
-            torch._foreach_lerp_(avg_t, src, 1.0 - decay)  # t <- t + (1 - tau) (s - t)
+        with gathered(copy_s + avg_s):
+            if copy_t:
+                torch._foreach_copy_(copy_t, copy_s)
+            if avg_t and decay < 1.0:
+                src = [p_s.to(p_t.dtype) for p_t, p_s in zip(avg_t, avg_s)]  # no-op unless the student is not fp32
+                torch._foreach_lerp_(avg_t, src, 1.0 - decay)  # t <- t + (1 - tau) (s - t)
         for b_t, b_s in buffers:
             b_t.copy_(b_s)
         return decay

@@ -1,13 +1,16 @@
 """The engine interface between the training loop and a backend, and the single-process engine.
 
-The loop only calls ``autocast()``, ``backward(loss)`` and ``step(step)``; a DeepSpeed or DDP engine implements the
-same five members without the loop changing.
+The loop only runs ``model(batch)`` under ``autocast()``, then ``backward(loss)``, ``step(step)`` and
+``reduce_mean(values)``, and shows progress where ``is_main``; the DeepSpeed engine (:mod:`unimim.train.ds_engine`)
+implements the same members without the loop changing. Checkpointing is per engine: ``state_dict`` here (saved
+by :mod:`unimim.train.checkpoint`), DeepSpeed's own sharded files there (:mod:`unimim.train.ds_checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -18,8 +21,10 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class Engine(Protocol):
-    model: nn.Module
+    model: Callable[[dict[str, Any]], Any]  # the objective as the backend runs it: model(batch) -> ObjectiveOutput
     device: torch.device
+    is_main: bool          # the process that logs, shows progress and writes metrics
+    world_size: int        # processes taking part in each optimizer step
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
 
@@ -29,9 +34,8 @@ class Engine(Protocol):
     def step(self, step: int) -> dict[str, float]:
         """Finish optimizer step ``step``: set the lr, clip, update, zero grads. Returns lr and grad_norm."""
 
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the processes (every process calls it with the same keys)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,6 +80,8 @@ class SingleProcessEngine:
         self.precision = precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self.is_main = True
+        self.world_size = 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -97,6 +103,9 @@ class SingleProcessEngine:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        return dict(values)  # one process: nothing to average
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}

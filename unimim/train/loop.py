@@ -1,8 +1,11 @@
 """The training loop. It does not know which objective, modality or engine it runs.
 
 for each optimizer step:
-    for each micro-batch:  loss = objective(batch).loss  ->  engine.backward(loss)
-    engine.step(step)  ->  objective.update_teacher(step + 1)  ->  log  ->  checkpoint
+    for each micro-batch:  loss = engine.model(batch).loss  ->  engine.backward(loss)
+    engine.step(step)  ->  objective.update_teacher(step + 1)  ->  mean over processes  ->  log  ->  checkpoint
+
+``engine.model`` is the objective as the engine runs it (itself, or wrapped by DeepSpeed). Every process runs
+this loop; only the main one shows progress and writes metrics (``metrics`` is a no-op writer elsewhere).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from tqdm.auto import tqdm
 
 from unimim.objectives.base import Objective
 from unimim.train.engine import Engine
-from unimim.train.metrics import MetricsWriter
+from unimim.train.metrics import MetricsWriter, NullMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def train_loop(
     log_every: int,
     checkpoint_every: int,
     save: Callable[[int], str],
-    metrics: MetricsWriter,
+    metrics: MetricsWriter | NullMetrics,
     progress: bool = True,
 ) -> list[float]:
     """Run optimizer steps ``start_step .. total_steps - 1``; return the per-step mean losses.
@@ -53,7 +56,8 @@ def train_loop(
     objective.train()
     losses: list[float] = []
     last_ckpt = "none (no checkpoint written yet)"
-    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, dynamic_ncols=True, desc="pretrain")
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and engine.is_main), dynamic_ncols=True,
+               desc="pretrain")
     t0, n0 = time.perf_counter(), start_step
     skipped = 0  # unreadable inputs passed over by the data pipeline (optional "skipped" count per example)
     for step in range(start_step, total_steps):
@@ -64,7 +68,7 @@ def train_loop(
                 skipped += int(batch.pop("skipped").sum())
             batch = to_device(batch, engine.device)
             with engine.autocast():
-                out = objective(batch)
+                out = engine.model(batch)
             loss = float(out.loss.detach())
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
@@ -75,6 +79,10 @@ def train_loop(
             logs = out.logs
         stats = engine.step(step)
         stats.update(objective.update_teacher(step + 1))
+        # mean over processes, every step (the returned losses are the global ones); skipped counts are summed
+        logs = engine.reduce_mean({"loss": step_loss, "skipped_inputs": skipped, **logs})
+        step_loss = logs.pop("loss")
+        skipped_all = round(logs.pop("skipped_inputs") * engine.world_size)
         losses.append(step_loss)
 
         done = step + 1
@@ -82,7 +90,7 @@ def train_loop(
             elapsed = time.perf_counter() - t0
             throughput = (done - n0) * samples_per_step / max(elapsed, 1e-9)
             metrics.write(done, {"loss": step_loss, **stats, **logs, "samples_per_s": throughput,
-                                 "skipped_inputs": skipped})
+                                 "skipped_inputs": skipped_all})
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{stats['lr']:.2e}", sps=f"{throughput:.0f}")
             t0, n0 = time.perf_counter(), done
         if done % checkpoint_every == 0 or done == total_steps:
@@ -90,5 +98,5 @@ def train_loop(
         bar.update(1)
     bar.close()
     if skipped:
-        log.warning("%d unreadable inputs were skipped during this run (see the warnings above)", skipped)
+        log.warning("%d unreadable inputs were skipped by this process (see the warnings above)", skipped)
     return losses

@@ -38,6 +38,17 @@ class MetricsWriter:
             self._tb.close()
 
 
+class NullMetrics:
+    """The metrics sink of every process but the main one in a multi-process run: values are already reduced
+    across processes, and one writer owns the file."""
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +16,13 @@ import yaml
 
 from unimim.config import ConfigError, to_dict
 from unimim.registry import MODALITIES, build_objective
+from unimim.train import distributed as dist_utils
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from unimim.train.data import make_loader
+from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
 from unimim.train.loop import train_loop
-from unimim.train.metrics import MetricsWriter
+from unimim.train.metrics import MetricsWriter, NullMetrics
 from unimim.train.optim import build_optimizer, peak_lr
 from unimim.train.schedules import cosine_with_warmup
 
@@ -26,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # keys that may differ between a run and its resumption without changing the trajectory
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.num_workers",
-                     "train.resume", "train.threads", "train.device", "probe.")
+                     "train.resume", "train.threads", "train.device", "train.stop_after", "deepspeed.timeout_s",
+                     "probe.")
 
 
 @dataclass
@@ -69,8 +74,37 @@ def write_config(cfg: Any, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray) -> Any:
+    """Join the process group, then wrap ``objective`` in a DeepSpeed engine (its config saved in the run dir)."""
+    from deepspeed.accelerator import get_accelerator
+
+    from unimim.train.ds_engine import DS_CONFIG_NAME, DeepSpeedEngine, build_ds_config
+
+    accel = get_accelerator()  # DeepSpeed's accelerator: cuda, or cpu with DS_ACCELERATOR=cpu
+    if cfg.train.device not in ("auto", accel.device_name()):
+        raise ConfigError(f"train.device={cfg.train.device!r} but DeepSpeed's accelerator is {accel.device_name()!r} "
+                          "(each process takes the device of its LOCAL_RANK): use train.device=auto, or set "
+                          "DS_ACCELERATOR")
+    supported = {"fp32": True, "bf16": accel.is_bf16_supported(), "fp16": accel.is_fp16_supported()}
+    if not supported[cfg.train.precision]:
+        raise ValueError(f"{cfg.train.precision} training is not supported by DeepSpeed's {accel.device_name()} "
+                         "accelerator; use precision: bf16" + (" or fp32" if cfg.train.precision == "bf16" else ""))
+    dist_utils.init_distributed(cfg.deepspeed.timeout_s)
+    ds_config = build_ds_config(cfg, dist_utils.world_size())
+    if dist_utils.rank() == 0:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / DS_CONFIG_NAME).write_text(json.dumps(ds_config, indent=2) + "\n")
+    return DeepSpeedEngine(objective, build_optimizer(objective, cfg.optim), schedule, ds_config=ds_config,
+                           precision=cfg.train.precision)
+
+
 def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:
-    """Train ``cfg`` (an experiment config) in ``cfg.run_dir``; resume from its checkpoint when asked."""
+    """Train ``cfg`` (an experiment config) in ``cfg.run_dir``; resume from its checkpoint when asked.
+
+    With ``deepspeed.enabled`` every process of the job runs this (started by a launcher, recipes/launch/); each
+    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples."""
+    if cfg.deepspeed.enabled and int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs; the others report warnings and errors only
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run_dir = cfg.run_dir
@@ -83,47 +117,70 @@ def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:
         spec.bind_run_dir(cfg.data, run_dir)
     source = spec.build_pretrain_source(cfg.data, cfg.masking, cfg.adapter)
     objective = build_objective(cfg)
-    device = resolve_device(cfg.train.device)
-    lr = peak_lr(cfg.optim, cfg.effective_batch)
+    n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
+    world = dist_utils.launch_world_size() if cfg.deepspeed.enabled else 1
+    global_batch = cfg.effective_batch * world
+    lr = peak_lr(cfg.optim, global_batch)
     schedule = cosine_with_warmup(lr, cfg.optim.min_lr, cfg.train.steps, cfg.optim.warmup_steps)
-    engine = SingleProcessEngine(
-        objective, build_optimizer(objective, cfg.optim), schedule, device=device,
-        accumulate=cfg.train.accumulate, clip_grad=cfg.optim.clip_grad, precision=cfg.train.precision,
-    )
-    n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)
-    log.info("%s/%s: %.2fM trainable parameters, peak lr %.3g (effective batch %d), %d examples, device %s",
-             cfg.modality, cfg.objective, n_params / 1e6, lr, cfg.effective_batch, len(source), device)
+    if cfg.deepspeed.enabled:
+        engine = _build_deepspeed(cfg, objective, schedule)
+        store = DeepSpeedCheckpoints(engine, run_dir, resolved)
+    else:
+        engine = SingleProcessEngine(
+            objective, build_optimizer(objective, cfg.optim), schedule, device=resolve_device(cfg.train.device),
+            accumulate=cfg.train.accumulate, clip_grad=cfg.optim.clip_grad, precision=cfg.train.precision,
+        )
+    log.info("%s/%s: %.2fM trainable parameters, peak lr %.3g (global batch %d = %d processes x %d), %d examples, "
+             "device %s", cfg.modality, cfg.objective, n_params / 1e6, lr, global_batch, engine.world_size,
+             cfg.effective_batch, len(source), engine.device)
 
     start = 0
-    if cfg.train.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        check_resumable(ckpt["config"], resolved)
-        objective.load_state_dict(ckpt["model"])
-        engine.load_state_dict(ckpt["engine"])
-        set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
-        log.info("resumed from %s at step %d", ckpt_path, start)
-    write_config(cfg, run_dir)
+    if cfg.deepspeed.enabled:
+        if cfg.train.resume:
+            start = store.resume(check_resumable)
+        save = store.save
+    else:
+        if cfg.train.resume and ckpt_path.is_file():
+            ckpt = load_checkpoint(ckpt_path, map_location=engine.device)
+            check_resumable(ckpt["config"], resolved)
+            objective.load_state_dict(ckpt["model"])
+            engine.load_state_dict(ckpt["engine"])
+            set_rng_state(ckpt["rng"])
+            start = int(ckpt["step"])
 
-    def save(step: int) -> str:
-        save_checkpoint(ckpt_path, model=objective, engine=engine, step=step, config=resolved)
-        return str(ckpt_path)
+        def save(step: int) -> str:
+            save_checkpoint(ckpt_path, model=objective, engine=engine, step=step, config=resolved)
+            return str(ckpt_path)
 
-    if start >= cfg.train.steps:
+    if start:
+        log.info("resumed from %s at step %d", run_dir, start)
+    if engine.is_main:
+        write_config(cfg, run_dir)
+
+    end = cfg.train.steps if cfg.train.stop_after is None else min(cfg.train.steps, start + cfg.train.stop_after)
+    if start >= end:
         log.info("run %s is already complete (%d/%d steps)", run_dir, start, cfg.train.steps)
         return PretrainResult(run_dir=run_dir, losses=[], start_step=start)
 
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                          start=start * cfg.train.accumulate, num_workers=cfg.train.num_workers,
-                         collate_fn=spec.collate)
-    metrics = MetricsWriter(run_dir)
+                         collate_fn=spec.collate, rank=dist_utils.rank(), world_size=engine.world_size)
+    metrics = MetricsWriter(run_dir) if engine.is_main else NullMetrics()
     try:
         losses = train_loop(
-            objective, engine, iter(loader), start_step=start, total_steps=cfg.train.steps,
-            accumulate=cfg.train.accumulate, samples_per_step=cfg.effective_batch,
+            objective, engine, iter(loader), start_step=start, total_steps=end,
+            accumulate=cfg.train.accumulate, samples_per_step=global_batch,
             log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, save=save,
             metrics=metrics, progress=progress,
         )
+    except RuntimeError as e:
+        lost = dist_utils.peer_failure(e, "during training") if engine.world_size > 1 else None
+        if lost is not None:
+            raise lost from e
+        raise
     finally:
         metrics.close()
+    if end < cfg.train.steps:
+        log.info("stopped after step %d of %d (train.stop_after); run the same command to continue", end,
+                 cfg.train.steps)
     return PretrainResult(run_dir=run_dir, losses=losses, start_step=start)

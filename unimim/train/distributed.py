@@ -1,0 +1,104 @@
+"""Process-group plumbing for multi-process training: start-up from the launcher's environment, rank queries,
+cross-rank metric means, and a clear error when another process is lost.
+
+Launchers (``deepspeed``, ``torchrun``, ``srun`` via recipes/launch/slurm.sbatch) export RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Without them (a plain ``unimim pretrain --deepspeed ...``) the process
+is a world of one on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out: another process died, hung or was unreachable."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_launch_env() -> None:
+    """Fill in a world of one when no launcher set the rendezvous variables (all of them or none)."""
+    present = [k for k in LAUNCH_ENV if k in os.environ]
+    if present and len(present) < len(LAUNCH_ENV):
+        missing = [k for k in LAUNCH_ENV if k not in os.environ]
+        raise DistributedError(f"incomplete launcher environment: {present} set but {missing} missing")
+    if not present:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+
+
+def init_distributed(timeout_s: float) -> None:
+    """Join the process group (DeepSpeed's communication backend: NCCL on GPUs, gloo with DS_ACCELERATOR=cpu).
+
+    ``timeout_s`` bounds every collective: a process that stops answering makes the others fail after it."""
+    import deepspeed
+
+    ensure_launch_env()
+    if dist.is_initialized():
+        return
+    deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s), auto_mpi_discovery=False, verbose=False)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def launch_world_size() -> int:
+    """The job's process count as the launcher announced it (before the process group exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of each scalar over all processes, in one all-reduce (keys must be the same on every rank)."""
+    if world_size() == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)  # (V,)
+    dist.all_reduce(t)
+    t /= world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+PEER_FAILURE_SIGNS = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out",
+                      "timeout", "socket", "process group")
+
+
+def peer_failure(err: BaseException, where: str) -> DistributedError | None:
+    """A failed collective (another process died, hung past ``deepspeed.timeout_s`` or became unreachable), as an
+    error that says so; ``None`` when ``err`` does not come from the communication backend."""
+    text = str(err).lower()
+    if not (isinstance(err, dist.DistBackendError) or any(s in text for s in PEER_FAILURE_SIGNS)):
+        return None
+    return DistributedError(
+        f"rank {rank()}/{world_size()}: lost contact with another process {where} — it died, hung or became "
+        f"unreachable, so this process stops too (see the other ranks' logs). Backend said: {type(err).__name__}: "
+        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    )

@@ -1,0 +1,98 @@
+"""Checkpoints of a DeepSpeed run: DeepSpeed's own sharded save / load on every rank, plus an export of the
+consolidated fp32 weights to the project's checkpoint format (``checkpoint.pt``, read by ``unimim probe``).
+
+Layout of a run directory (it must be on a filesystem every node sees, as DeepSpeed's checkpoints require)::
+
+    deepspeed/latest                 name of the newest complete tag (written by DeepSpeed after all ranks saved)
+    deepspeed/step{N}/               DeepSpeed's files (module, per-rank ZeRO optimizer shards) and ours:
+        unimim.pt                    step, resolved config, world size, the objective's extra state (EMA teacher)
+        rng_rank{r}.pt               each rank's RNG states
+    checkpoint.pt                    consolidated fp32 student + teacher, in the single-process format
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unimim.config import ConfigError
+from unimim.train import distributed as dist_utils
+from unimim.train.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, rng_state, set_rng_state
+from unimim.train.ds_engine import DeepSpeedEngine
+
+log = logging.getLogger(__name__)
+
+DS_DIR = "deepspeed"
+
+
+def _extra_state(model: torch.nn.Module) -> dict[str, Any]:
+    """The objective's non-parameter state (``get_extra_state``: the EMA teacher, its update count)."""
+    return {k: v for k, v in model.state_dict().items() if k.endswith("_extra_state")}
+
+
+class DeepSpeedCheckpoints:
+    """Save / resume a DeepSpeed run in ``run_dir``; ``config`` is the resolved experiment config (a dict)."""
+
+    def __init__(self, engine: DeepSpeedEngine, run_dir: str | Path, config: dict[str, Any]) -> None:
+        self.engine = engine
+        self.run_dir = Path(run_dir)
+        self.save_dir = self.run_dir / DS_DIR
+        self.config = config
+
+    def save(self, step: int) -> str:
+        """Every rank writes its shard of step ``step``; rank 0 then prunes older tags and exports
+        ``checkpoint.pt``. Returns the exported path."""
+        tag = f"step{step}"
+        e = self.engine
+        tag_dir = self.save_dir / tag
+        if e.is_main:
+            tag_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save({"step": step, "config": self.config, "world_size": e.world_size,
+                         "extra_state": _extra_state(e.objective)}, tag_dir / "unimim.pt")
+        dist_utils.barrier()
+        atomic_save(rng_state(), tag_dir / f"rng_rank{e.rank}.pt")
+        e.ds.save_checkpoint(str(self.save_dir), tag=tag)  # every rank; 'latest' is updated once all have saved
+        dist_utils.barrier()
+        full = e.full_state_dict()  # collective: every rank takes part in gathering the fp32 master weights
+        path = self.run_dir / CHECKPOINT_NAME
+        if e.is_main:
+            for old in self.save_dir.glob("step*"):
+                if old.name != tag and old.is_dir():
+                    shutil.rmtree(old)
+            atomic_save({"version": FORMAT_VERSION, "step": step, "model": full,
+                         "engine": {"deepspeed": str(tag_dir)}, "rng": rng_state(), "config": self.config}, path)
+            log.info("saved DeepSpeed checkpoint %s and the consolidated fp32 export %s", tag_dir, path)
+        dist_utils.barrier()
+        return str(path)
+
+    def resume(self, check_config: Callable[[dict[str, Any], dict[str, Any]], None]) -> int:
+        """Load the newest complete checkpoint on every rank and return its step (0 when there is none).
+        ``check_config(saved, current)`` raises when the run's config changed in a way that breaks resumption."""
+        latest = self.save_dir / "latest"
+        if not latest.is_file():
+            return 0
+        tag = latest.read_text().strip()
+        tag_dir = self.save_dir / tag
+        info_path, rng_path = tag_dir / "unimim.pt", tag_dir / f"rng_rank{self.engine.rank}.pt"
+        for p in (info_path, rng_path):
+            if not p.is_file():
+                raise RuntimeError(f"DeepSpeed checkpoint {tag_dir} is incomplete: {p.name} is missing")
+        info = torch.load(info_path, map_location="cpu", weights_only=False)
+        check_config(info["config"], self.config)
+        if info["world_size"] != self.engine.world_size:
+            raise ConfigError(
+                f"cannot resume {tag_dir}: it was written by {info['world_size']} processes, this job has "
+                f"{self.engine.world_size} (the global batch and the data order would change); launch "
+                f"{info['world_size']} processes, or train.resume=false to start over"
+            )
+        load_path, _ = self.engine.ds.load_checkpoint(str(self.save_dir), tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load its checkpoint {tag_dir}")
+        self.engine.objective.load_state_dict(info["extra_state"], strict=False)  # teacher + update count
+        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+        return int(info["step"])
