@@ -10,6 +10,7 @@ from typing import Any
 
 from modalities.base import ModalitySpec
 from modalities.image import IMAGE
+from modalities.speech import SPEECH
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective
 from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
@@ -24,10 +25,11 @@ class ObjectiveSpec:
 
 MODALITIES: dict[str, ModalitySpec] = {
     "image": IMAGE,
+    "speech": SPEECH,
 }
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image",)),
+    "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image", "speech")),
 }
 
 
