@@ -11,5 +11,11 @@ TINY_OVERRIDES = {
         "train.batch_size=8", "train.steps=3", "train.num_workers=0", "train.log_every=1",
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
     ],
+    "speech": [
+        "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "method.top_k=2",
+        "adapter.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[32,2,2]]", "adapter.pos_conv_depth=2",
+        "adapter.pos_conv_kernel=5", "adapter.pos_conv_groups=4", "data.min_samples=4000", "data.max_samples=16000",
+        "data.eval_clip_samples=12000", "train.batch_size=4", "train.steps=3", "train.num_workers=0",
+        "train.log_every=1", "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+    ],
 }
-
