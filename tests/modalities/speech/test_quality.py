@@ -20,7 +20,7 @@ NEEDED = [ROOT / "data/speech/tuxpaint.tsv", ROOT / "data/speech/keywords/train.
 def test_short_speech_pretraining_beats_random_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the recipe's data paths are relative to the repository root
     cfg = load_recipe(ROOT / "recipes/speech/data2vec_tuxpaint_cpu.yaml",
-                      [f"train.out_dir={tmp_path}", "train.steps=300", "method.ema.anneal_steps=300"])
+                      [f"train.out_dir={tmp_path}", "train.steps=400", "method.ema.anneal_steps=400"])
     pretrain(cfg, progress=False)
     rows = {r["encoder"]: r for r in probe_run(cfg.run_dir, progress=False)["results"]}
     assert rows["pretrained"]["linear"] > rows["random"]["linear"] + 0.05
