@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 TINY_OVERRIDES = {
     "image": [
         "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "encoder.drop_path=0.1",
@@ -19,3 +21,13 @@ TINY_OVERRIDES = {
         "train.log_every=1", "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
     ],
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_speech_data(tmp_path_factory):
+    """Point the speech overrides at a few generated audio files, so speech recipes smoke-run without `make`."""
+    from tests.modalities.speech.tiny_audio import write_tiny_speech
+
+    paths = write_tiny_speech(tmp_path_factory.mktemp("tiny_speech"))
+    TINY_OVERRIDES["speech"] += [f"data.manifest={paths['pretrain']}", f"data.eval_train_manifest={paths['train']}",
+                                 f"data.eval_test_manifest={paths['test']}"]
