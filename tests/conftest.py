@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 TEXT_FIXTURES = Path(__file__).resolve().parent / "modalities" / "text" / "fixtures"
 
 TINY_OVERRIDES = {
@@ -26,6 +28,13 @@ TINY_OVERRIDES = {
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
         "probe.epochs=5",
     ],
+    "speech": [
+        "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "method.top_k=2",
+        "adapter.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[32,2,2]]", "adapter.pos_conv_depth=2",
+        "adapter.pos_conv_kernel=5", "adapter.pos_conv_groups=4", "data.min_samples=4000", "data.max_samples=16000",
+        "data.eval_clip_samples=12000", "train.batch_size=4", "train.steps=3", "train.num_workers=0",
+        "train.log_every=1", "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+    ],
 }
 
 
@@ -43,3 +52,11 @@ def tiny_overrides(modality: str, objective: str) -> list[str]:
     if objective not in TINY_OBJECTIVE_OVERRIDES:
         return list(base)
     return [o for o in base if not o.startswith("method.")] + TINY_OBJECTIVE_OVERRIDES[objective]
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_speech_data(tmp_path_factory):
+    """Point the speech overrides at a few generated audio files, so speech recipes smoke-run without `make`."""
+    from tests.modalities.speech.tiny_audio import write_tiny_speech
+
+    paths = write_tiny_speech(tmp_path_factory.mktemp("tiny_speech"))
+    TINY_OVERRIDES["speech"] += [f"data.manifest={paths['pretrain']}", f"data.eval_train_manifest={paths['train']}",
+                                 f"data.eval_test_manifest={paths['test']}"]

@@ -12,6 +12,7 @@ from modalities.base import ModalitySpec
 from modalities.image import IMAGE
 from modalities.image.objectives.mae import MAE, MAEConfig
 from modalities.image.objectives.simmim import SimMIM, SimMIMConfig
+from modalities.speech import SPEECH
 from modalities.text import TEXT
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective
@@ -27,11 +28,12 @@ class ObjectiveSpec:
 
 MODALITIES: dict[str, ModalitySpec] = {
     "image": IMAGE,
+    "speech": SPEECH,
     "text": TEXT,
 }
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image", "text")),
+    "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image", "speech", "text")),
     "mae": ObjectiveSpec(MAE, MAEConfig, ("image",)),
     "simmim": ObjectiveSpec(SimMIM, SimMIMConfig, ("image",)),
 }

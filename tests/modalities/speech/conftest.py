@@ -1,0 +1,14 @@
+"""The tiny generated speech data set of :mod:`tests.modalities.speech.tiny_audio`, once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.modalities.speech.tiny_audio import write_tiny_speech
+
+
+@pytest.fixture(scope="session")
+def tiny_speech(tmp_path_factory) -> dict[str, Path]:
+    return write_tiny_speech(tmp_path_factory.mktemp("speech"))

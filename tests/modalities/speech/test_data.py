@@ -1,0 +1,145 @@
+"""Manifests, audio loading (resampling, mix-down, normalisation), bad-file policy, batches and their masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from modalities.speech.data import AudioDataset, KeywordDataset, SpeechDataConfig, fit_clip, load_audio
+from modalities.speech.manifest import Manifest, build_manifest, read_manifest, write_manifest
+from modalities.speech.masking import SpeechMaskConfig
+from modalities.speech.source import BatchSpec, SpeechPretrainSource, collate
+from unimim.train.data import make_loader
+
+CONV = ((8, 10, 5), (8, 3, 2), (8, 2, 2))  # 20 samples per frame, receptive field 25
+
+
+def test_manifest_round_trip_and_errors(tmp_path):
+    m = Manifest(root=tmp_path, paths=["a.wav", "b/c.flac"], lengths=[16000, 800], labels=["yes", "no"])
+    write_manifest(m, tmp_path / "x.tsv")
+    assert (tmp_path / "x.tsv").read_text().splitlines() == [str(tmp_path), "a.wav\t16000", "b/c.flac\t800"]
+    back = read_manifest(tmp_path / "x.tsv", labels=True)
+    assert back.paths == m.paths and back.lengths == m.lengths and back.labels == m.labels
+    (tmp_path / "bad.tsv").write_text(f"{tmp_path}\na.wav 16000\n")
+    with pytest.raises(ValueError, match=r"bad.tsv:2: expected 'relative_path<TAB>num_samples'"):
+        read_manifest(tmp_path / "bad.tsv")
+    with pytest.raises(FileNotFoundError, match="make data-speech"):
+        read_manifest(tmp_path / "none.tsv", hint=" (make data-speech)")
+
+
+def test_resampled_mixed_down_normalised(tmp_path):
+    rate = 44_100
+    t = np.arange(rate // 2) / rate
+    left = np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([left, 0.5 * left], axis=1).astype(np.float32)
+    sf.write(tmp_path / "s.ogg", stereo, rate)
+    wave = load_audio(tmp_path / "s.ogg")
+    assert wave.dtype == np.float32 and abs(wave.shape[0] - 8000) <= 1  # 0.5 s at 16 kHz
+    assert abs(wave.mean()) < 1e-3 and abs(wave.std() - 1) < 1e-3
+    spectrum = np.abs(np.fft.rfft(wave))
+    assert abs(np.argmax(spectrum) * 16_000 / wave.shape[0] - 440) < 4  # the tone survives at its frequency
+    sf.write(tmp_path / "n.wav", stereo[:, 0], 8_000)  # an 8 kHz file is resampled, not read as 16 kHz
+    assert abs(load_audio(tmp_path / "n.wav", normalize=False).shape[0] - 2 * stereo.shape[0]) <= 1
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
+    sf.write(tmp_path / "good.wav", np.random.default_rng(0).standard_normal(4000).astype(np.float32), 16_000)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16_000)
+    sf.write(tmp_path / "nan.wav", np.full(4000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+    built = build_manifest(tmp_path)  # the builder already drops unreadable and empty files
+    assert built.paths == ["good.wav", "nan.wav"]
+    manifest = Manifest(root=tmp_path, paths=["corrupt.wav", "empty.wav", "nan.wav", "good.wav"],
+                        lengths=[4000] * 4)
+    ds = AudioDataset(manifest, min_readable=25)
+    wave, j = ds.read(0)
+    assert j == 3 and wave.shape == (4000,)
+    assert ds.num_skipped == 3 and len(ds.bad_paths) == 3
+    assert "skipping unreadable audio" in caplog.text
+
+
+def test_length_filter_and_limit(tmp_path):
+    m = Manifest(root=tmp_path, paths=["a", "b", "c"], lengths=[100, 20000, 30000])
+    assert AudioDataset(m, min_samples=16000).paths == ["b", "c"]
+    assert AudioDataset(m, min_samples=16000, limit=1).paths == ["b"]
+    with pytest.raises(ValueError, match="at least 50000 samples"):
+        AudioDataset(m, min_samples=50000)
+
+
+def test_fit_clip_centres():
+    w = np.arange(1, 5, dtype=np.float32)
+    assert fit_clip(w, 8).tolist() == [0, 0, 1, 2, 3, 4, 0, 0]
+    assert fit_clip(np.arange(10, dtype=np.float32), 4).tolist() == [3, 4, 5, 6]
+
+
+def test_keyword_sets_share_classes(tiny_speech):
+    train = KeywordDataset(read_manifest(tiny_speech["train"], labels=True), clip_samples=12000)
+    test = KeywordDataset(read_manifest(tiny_speech["test"], labels=True), clip_samples=12000,
+                          classes=train.classes)
+    assert train.classes == ["high", "low", "mid"] and len(train) == 24 and len(test) == 9
+    x, y = test[0]
+    assert x.shape == (12000,) and train.classes[y] == read_manifest(tiny_speech["test"], labels=True).labels[0]
+    with pytest.raises(ValueError, match="do not occur in the training split"):
+        KeywordDataset(read_manifest(tiny_speech["test"], labels=True), clip_samples=12000, classes=["high"])
+
+
+def _source(tiny_speech, mode: str, masking: SpeechMaskConfig | None = None) -> SpeechPretrainSource:
+    ds = AudioDataset(read_manifest(tiny_speech["pretrain"]), min_samples=4000, min_readable=25)
+    spec = BatchSpec(mode=mode, conv_layers=CONV, masking=masking or SpeechMaskConfig())
+    return SpeechPretrainSource(ds, spec, max_samples=20000)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_batches(tiny_speech, mode):
+    src = _source(tiny_speech, mode)
+    examples = [src.example(i, np.random.default_rng(i)) for i in range(6)]
+    assert max(e["inputs"].shape[0] for e in examples) <= 20000
+    batch = collate(examples)
+    counts = batch["mask"].sum(dim=1)
+    assert (counts == counts[0]).all() and counts[0] > 0  # require_same_masks
+    n = batch["mask"].shape[1]
+    assert n == BatchSpec(mode, CONV, SpeechMaskConfig()).num_frames(batch["inputs"].shape[1])
+    if mode == "crop":
+        assert "padding_mask" not in batch
+        assert 0.3 < batch["mask"].float().mean() < 0.6
+    else:
+        pad = batch["padding_mask"]
+        lengths = (~pad).sum(dim=1)
+        assert torch.equal(pad, torch.arange(pad.shape[1])[None] >= lengths[:, None])  # right padding
+        frames = torch.tensor([BatchSpec(mode, CONV, SpeechMaskConfig()).num_frames(int(v)) for v in lengths])
+        padded_frames = torch.arange(n)[None] >= frames[:, None]
+        assert not (batch["mask"] & padded_frames).any()  # padded frames are never masked
+
+
+def test_loader_is_deterministic_and_masks_come_from_workers(tiny_speech):
+    src = _source(tiny_speech, "pad", SpeechMaskConfig(kind="block", prob=0.5, length=5, num_masks=2))
+
+    def first(workers):
+        it = iter(make_loader(src, batch_size=4, seed=3, num_workers=workers, collate_fn=collate))
+        return [next(it) for _ in range(2)]
+
+    a, b = first(0), first(2)
+    for x, y in zip(a, b):
+        assert x["mask"].shape[1] == 2 and torch.equal(x["mask"], y["mask"])
+        assert torch.equal(x["inputs"], y["inputs"]) and torch.equal(x["padding_mask"], y["padding_mask"])
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="batch_mode"):
+        SpeechDataConfig(batch_mode="bucket")
+    with pytest.raises(ValueError, match="min_samples"):
+        SpeechDataConfig(min_samples=10, max_samples=5)
+
+
+def test_path_is_named_when_data_is_missing(tmp_path):
+    from modalities.speech.adapter import SpeechAdapterConfig
+    from modalities.speech.source import build_pretrain_source
+
+    cfg = SpeechDataConfig(manifest=str(tmp_path / "nope.tsv"))
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/nope.tsv does not exist.*make data-speech"):
+        build_pretrain_source(cfg, SpeechMaskConfig(), SpeechAdapterConfig())
+    assert Path(cfg.manifest).name == "nope.tsv"
