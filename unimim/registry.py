@@ -10,6 +10,9 @@ from typing import Any
 
 from modalities.base import ModalitySpec
 from modalities.image import IMAGE
+from modalities.image.objectives.beit import BEiT, BEiTConfig
+from modalities.image.objectives.dvae import DVAEObjectiveConfig, DVAETraining
+from modalities.image.objectives.ibot import IBOT, IBOTConfig
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective
 from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
@@ -28,6 +31,9 @@ MODALITIES: dict[str, ModalitySpec] = {
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image",)),
+    "dvae": ObjectiveSpec(DVAETraining, DVAEObjectiveConfig, ("image",)),
+    "beit": ObjectiveSpec(BEiT, BEiTConfig, ("image",)),
+    "ibot": ObjectiveSpec(IBOT, IBOTConfig, ("image",)),
 }
 
 
