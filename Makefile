@@ -9,10 +9,12 @@ DEMO_RECIPE ?= recipes/image/data2vec2_fmnist_cpu.yaml
 DEMO_NAME ?= d2v2_fmnist
 RUNS ?= runs
 
-.PHONY: help install data demo test test-all lint bench clean
+.PHONY: help install data demo demo-beit demo-ibot test test-all lint bench clean
 
 help:
 	@echo "make demo   - set up, pretrain data2vec 2.0 on Fashion-MNIST (CPU, ~10 min), probe vs random weights"
+	@echo "make demo-beit - BEiT on Fashion-MNIST: train the dVAE tokenizer, then BEiT, then probe (CPU, ~12 min)"
+	@echo "make demo-ibot - iBOT on Fashion-MNIST, then probe (CPU, ~10 min)"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
 
@@ -40,6 +42,15 @@ data:
 demo: install data
 	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
 	$(VENV)/bin/unimim probe $(RUNS)/$(DEMO_NAME)
+
+demo-beit: install data
+	$(VENV)/bin/unimim pretrain recipes/image/dvae_fmnist_cpu.yaml train.out_dir=$(RUNS)
+	$(VENV)/bin/unimim pretrain recipes/image/beit_fmnist_cpu.yaml train.out_dir=$(RUNS) method.tokenizer=$(RUNS)/dvae_fmnist
+	$(VENV)/bin/unimim probe $(RUNS)/beit_fmnist
+
+demo-ibot: install data
+	$(VENV)/bin/unimim pretrain recipes/image/ibot_fmnist_cpu.yaml train.out_dir=$(RUNS)
+	$(VENV)/bin/unimim probe $(RUNS)/ibot_fmnist
 
 test: install data lint
 	$(PY) -m pytest

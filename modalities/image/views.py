@@ -5,7 +5,7 @@ iBOT (Zhou et al. 2022, §3 and App. A) inherits DINO's multi-crop: two global c
 colour jitter; every global crop is block-masked with probability 0.5, with a ratio drawn uniformly from (0.1, 0.5)
 (the reference's ``pred_shape: block``, ``pred_ratio 0.3 +- 0.2``, ``pred_aug_prob`` 0.5); the rest stay unmasked.
 Ref: bytedance/ibot ``loader.py::ImageFolderMask`` and ``main_ibot.py::DataAugmentationiBOT``@da316d82
-(../shared/reference/masked-image-modeling.md §1.4). Blocks come from the project's BEiT block-mask generator.
+(../shared/reference/masked-image-modeling.md §1.5). Blocks come from the project's BEiT block-mask generator.
 
 An example is ``{"inputs": (V, C, S, S), "mask": (V, N) bool, "local": (L, C, s, s) (if L > 0), "skipped": int}``.
 """

@@ -9,7 +9,7 @@ loss = cls_weight * mean over (teacher view q, student view v != q) of CE(teache
      + patch_weight * mean over views v of [per image: mean over its masked patches of CE(teacher patch, student
        patch)], averaged over the batch (images without a mask count as 0, as in the reference).
 Ref: bytedance/ibot main_ibot.py (``iBOTLoss``, schedules), models/head.py@da316d82
-(../shared/reference/masked-image-modeling.md §1.4). The multi-view data come from :mod:`modalities.image.views`.
+(../shared/reference/masked-image-modeling.md §1.5). The multi-view data come from :mod:`modalities.image.views`.
 
 Not implemented from the reference: the cosine weight-decay schedule (0.04 -> 0.4; the optimizer here has a constant
 weight decay) and per-parameter gradient clipping (a global clip is used).
