@@ -18,9 +18,12 @@ TINY_OVERRIDES = {
 # objective-specific additions to the modality's tiny overrides
 TINY_OBJECTIVE_OVERRIDES = {
     "data2vec": ["method.top_k=2"],
-    "dvae": ["method.model.image_size=16", "method.model.num_layers=2"],
-    "ibot": ["data.views.local_size=8", "method.head.hidden=32", "method.head.bottleneck=16",
-             "method.head.out_dim=64"],
+    "dvae": ["method.model.image_size=16", "method.model.in_chans=1", "method.model.num_layers=2",
+             "method.model.hidden=16", "method.model.num_resblocks=1", "method.model.embed_dim=16",
+             "method.model.codebook_size=512", "train.accumulate=1"],
+    "beit": ["train.accumulate=1"],
+    "ibot": ["data.views.local_size=8", "data.views.local_views=2", "method.head.hidden=32",
+             "method.head.bottleneck=16", "method.head.out_dim=64", "train.accumulate=1"],
 }
 
 # metrics every objective must log (besides loss, lr, grad_norm, samples_per_s)
@@ -33,11 +36,16 @@ OBJECTIVE_LOGS = {
 
 
 def tiny_tokenizer(directory: Path, codebook_size: int = 16) -> Path:
-    """A randomly initialised dVAE tokenizer file for the tiny image config (16 px, 1 channel, 4 x 4 codes)."""
+    """A randomly initialised (seeded) dVAE tokenizer file for the tiny image config (16 px, 1 channel, 4 x 4 codes)."""
+    import torch
+
     from modalities.image.tokenizer.dvae import DiscreteVAE, DVAEConfig
 
     cfg = DVAEConfig(image_size=16, in_chans=1, codebook_size=codebook_size, embed_dim=8, hidden=8, num_layers=2)
-    return DiscreteVAE(cfg).save(Path(directory) / "tiny_tokenizer.pt")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same tokenizer on every call
+        model = DiscreteVAE(cfg)
+    return model.save(Path(directory) / "tiny_tokenizer.pt")
 
 
 def tiny_overrides(modality: str, objective: str, directory: Path) -> list[str]:
