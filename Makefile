@@ -20,12 +20,14 @@ SPEECH_PACKAGES := tuxpaint-stamps-default espeak-ng flite sox
 TUXPAINT := /usr/share/tuxpaint/stamps
 
 .PHONY: help install data toolchain demo test test-deepspeed test-all lint bench clean data-text text-packages demo-text \
-	data-speech demo-speech
+	data-speech demo-speech demo-beit demo-ibot
 
 help:
 	@echo "make demo   - set up; data2vec on images, text and speech (CPU, ~30 min), each probed vs random weights"
 	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~9 min), WordNet probe"
 	@echo "make demo-speech - data2vec on recorded speech (tuxpaint stamps, CPU ~9 min), keyword probe vs random"
+	@echo "make demo-beit - BEiT on Fashion-MNIST: train the dVAE tokenizer, then BEiT, then probe (CPU, ~12 min)"
+	@echo "make demo-ibot - iBOT on Fashion-MNIST, then probe (CPU, ~10 min)"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
 	@echo "make test-deepspeed - the DeepSpeed tests only (2-process CPU jobs, ~2 min)"
@@ -130,6 +132,16 @@ test: install data toolchain lint
 
 test-deepspeed: install toolchain
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest tests/train/test_deepspeed_config.py tests/train/test_deepspeed_launch.py
+
+demo-beit: install data
+	$(VENV)/bin/unimim pretrain recipes/image/dvae_fmnist_cpu.yaml train.out_dir=$(RUNS)
+	$(VENV)/bin/unimim pretrain recipes/image/beit_fmnist_cpu.yaml train.out_dir=$(RUNS) method.tokenizer=$(RUNS)/dvae_fmnist
+	$(VENV)/bin/unimim probe $(RUNS)/beit_fmnist
+
+demo-ibot: install data
+	$(VENV)/bin/unimim pretrain recipes/image/ibot_fmnist_cpu.yaml train.out_dir=$(RUNS)
+	$(VENV)/bin/unimim probe $(RUNS)/ibot_fmnist
+
 
 lint: install
 	$(VENV)/bin/ruff check .

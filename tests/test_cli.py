@@ -1,7 +1,7 @@
 import logging
 from pathlib import Path
 
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import tiny_overrides
 from unimim.cli import main
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml")
@@ -29,7 +29,8 @@ def test_missing_fashion_mnist_names_file_and_package(caplog, tmp_path):
 
 
 def test_pretrain_then_probe(tmp_path, capsys):
-    args = TINY_OVERRIDES["image"] + [f"train.out_dir={tmp_path}", "name=cli", "probe.epochs=3", "probe.knn_k=3"]
+    args = tiny_overrides("image", "data2vec", tmp_path) + [f"train.out_dir={tmp_path}", "name=cli", "probe.epochs=3",
+                                                            "probe.knn_k=3"]
     assert main(["pretrain", RECIPE, *args, "--no-progress"]) == 0
     assert main(["probe", str(tmp_path / "cli"), "--no-progress"]) == 0
     out = capsys.readouterr().out

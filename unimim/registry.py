@@ -10,6 +10,9 @@ from typing import Any
 
 from modalities.base import ModalitySpec
 from modalities.image import IMAGE
+from modalities.image.objectives.beit import BEiT, BEiTConfig
+from modalities.image.objectives.dvae import DVAEObjectiveConfig, DVAETraining
+from modalities.image.objectives.ibot import IBOT, IBOTConfig
 from modalities.image.objectives.mae import MAE, MAEConfig
 from modalities.image.objectives.simmim import SimMIM, SimMIMConfig
 from modalities.speech import SPEECH
@@ -36,6 +39,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "data2vec": ObjectiveSpec(Data2Vec, Data2VecConfig, ("image", "speech", "text")),
     "mae": ObjectiveSpec(MAE, MAEConfig, ("image",)),
     "simmim": ObjectiveSpec(SimMIM, SimMIMConfig, ("image",)),
+    "beit": ObjectiveSpec(BEiT, BEiTConfig, ("image",)),
+    "ibot": ObjectiveSpec(IBOT, IBOTConfig, ("image",)),
+    "dvae": ObjectiveSpec(DVAETraining, DVAEObjectiveConfig, ("image",)),  # BEiT's visual tokenizer (stage 1)
 }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from torchvision import transforms as T
 from modalities.image.folder import IMAGE_EXTENSIONS, UNLABELED, ImageFolder
 from modalities.image.idx import FASHION_MNIST_CLASSES, FashionMNIST, read_idx
 from modalities.image.modes import mode_for, to_mode
+from modalities.image.views import ViewsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ImageDataConfig:
     std: tuple[float, ...] = (0.3530,)
     synthetic_size: int = 256  # number of random images for source=synthetic
     limit: int | None = None  # use only the first `limit` samples (smoke tests)
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # multi-view examples (iBOT); off by default
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

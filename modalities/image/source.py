@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from modalities.image.adapter import ImageAdapterConfig
 from modalities.image.data import ImageDataConfig, build_image_dataset, eval_transform, pretrain_transform
 from modalities.image.masking import ImageMaskConfig, MaskGenerator, build_mask_generator
+from modalities.image.views import build_multi_view_source
 
 
 class ImagePretrainSource:
@@ -45,6 +46,8 @@ def check_consistency(data: ImageDataConfig, adapter: ImageAdapterConfig) -> Non
 
 def build_pretrain_source(data: ImageDataConfig, masking: ImageMaskConfig, adapter: ImageAdapterConfig):
     check_consistency(data, adapter)
+    if data.views.enabled:  # global views + local crops with per-view masks (iBOT)
+        return build_multi_view_source(data, masking, adapter)
     dataset = build_image_dataset(data, transform=pretrain_transform(data))
     generator = build_mask_generator(masking, adapter.grid, patch_size=adapter.patch_size,
                                      image_size=adapter.image_size)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import tiny_overrides
 from unimim.config import ConfigError
 from unimim.experiment import load_recipe
 from unimim.train.ds_engine import build_ds_config
@@ -20,7 +20,7 @@ EXAMPLES = sorted((ROOT / "recipes/deepspeed").glob("*.json"))
 
 
 def cfg_with(*extra: str):
-    return load_recipe(RECIPE, TINY_OVERRIDES["image"] + ["deepspeed.enabled=true", *extra])
+    return load_recipe(RECIPE, tiny_overrides("image", "data2vec") + ["deepspeed.enabled=true", *extra])
 
 
 def test_generated_config_follows_the_recipe():
@@ -123,7 +123,7 @@ def test_stop_after_then_resume_continues_the_same_trajectory(tmp_path):
     from unimim.train.metrics import read_metrics
     from unimim.train.run import pretrain
 
-    common = TINY_OVERRIDES["image"] + ["train.steps=3", "train.precision=fp32", "train.checkpoint_every=1"]
+    common = tiny_overrides("image", "data2vec") + ["train.steps=3", "train.precision=fp32", "train.checkpoint_every=1"]
     straight = pretrain(load_recipe(RECIPE, common + [f"train.out_dir={tmp_path / 'a'}"]), progress=False)
     sliced = common + [f"train.out_dir={tmp_path / 'b'}"]
     first = pretrain(load_recipe(RECIPE, sliced + ["train.stop_after=2"]), progress=False)

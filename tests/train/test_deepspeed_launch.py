@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import tiny_overrides
 from unimim.experiment import load_recipe
 from unimim.train.checkpoint import load_checkpoint
 from unimim.train.metrics import read_metrics
@@ -33,7 +33,7 @@ STEPS = 4
 RUN_TIMEOUT_S = 240  # per launcher invocation (the first one on a fresh machine includes compiling the shm op)
 # tiny model; fp32 so that the comparison with one process is exact up to the order of float additions;
 # no drop path (its per-process RNG would differ from one process's); 2 processes x 8 = 16 examples per step
-COMMON = TINY_OVERRIDES["image"] + [
+COMMON = tiny_overrides("image", "data2vec") + [
     "encoder.drop_path=0.0", "train.precision=fp32", f"train.steps={STEPS}", "train.threads=1",
     "train.checkpoint_every=2",
 ]
