@@ -30,6 +30,10 @@ class ProbeConfig:
         knn_k: number of neighbours of the kNN probe.
         knn_temperature: temperature T of the kNN vote weights ``exp(sim / T)``.
         pool: token pooling used when extracting features (consumed by the caller, not by the probes).
+        layers: encoder blocks whose outputs are averaged before pooling (0-based, negative from the end; e.g.
+            ``[-1]`` is the last block's output without the encoder's final norm, ``[-2, -1]`` the mean of the last
+            two); ``None`` pools the encoder's final output. Consumed by the caller, like ``pool``; the same
+            setting is applied to every encoder that is compared.
         seed: seed of the mini-batch shuffling generator.
     """
 
@@ -40,6 +44,7 @@ class ProbeConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     pool: Literal["mean", "cls", "mean_cls"] = "mean"
+    layers: list[int] | None = None
     seed: int = 0
 
 
