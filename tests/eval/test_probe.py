@@ -332,3 +332,27 @@ def test_format_probe_table() -> None:
         end = lines[0].index(col) + len(col)
         assert all(line[end - 1] != " " for line in lines[2:])
     assert format_probe_table([]) == "(no results)"
+
+
+def test_whitening_gives_identity_covariance_and_undoes_linear_maps():
+    from unimim.eval.probe import whiten_features
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, 8, generator=g, dtype=torch.float64)
+    y = (z[:, 0] > 0).long() + 2 * (z[:, 1] > 0).long()
+    mix = torch.randn(8, 8, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(0, 3, 8, dtype=torch.float64))
+    x = z @ mix + 5.0  # anisotropic: eigenvalues spread over ~6 orders of magnitude, plus a common offset
+    wtr, wte = whiten_features(x[:2000].float(), x[2000:].float(), eps=1e-9)
+    assert wtr.shape == (2000, 8) and wte.shape == (1000, 8)
+    torch.testing.assert_close(torch.cov(wtr.double().T), torch.eye(8, dtype=torch.float64), atol=1e-3, rtol=0)
+    # whitening A @ x and whitening x differ only by a rotation, so cosine kNN sees identical neighbourhoods
+    ztr, zte = whiten_features(z[:2000].float(), z[2000:].float(), eps=1e-9)
+    acc_mixed = knn_accuracy(wtr, y[:2000], wte, y[2000:], k=5, temperature=0.1)
+    acc_plain = knn_accuracy(ztr, y[:2000], zte, y[2000:], k=5, temperature=0.1)
+    assert acc_mixed == pytest.approx(acc_plain, abs=2e-3) and acc_plain > 0.75
+    # the raw anisotropic features give a worse kNN than their whitened version
+    assert knn_accuracy(x[:2000].float(), y[:2000], x[2000:].float(), y[2000:], k=5, temperature=0.1) < acc_mixed - 0.1
+    with pytest.raises(ValueError, match="whiten_eps"):
+        whiten_features(x[:10].float(), x[10:20].float(), eps=0.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        whiten_features(x[:1].float(), x[1:3].float())

@@ -30,6 +30,15 @@ class ProbeConfig:
         knn_k: number of neighbours of the kNN probe.
         knn_temperature: temperature T of the kNN vote weights ``exp(sim / T)``.
         pool: token pooling used when extracting features (consumed by the caller, not by the probes).
+        layers: encoder blocks whose outputs are averaged before pooling (0-based, negative from the end; e.g.
+            ``[-1]`` is the last block's output without the encoder's final norm, ``[-2, -1]`` the mean of the last
+            two); ``None`` pools the encoder's final output. Consumed by the caller, like ``pool``; the same
+            setting is applied to every encoder that is compared.
+        whiten: PCA-whiten the features with the training set's mean and covariance before both probes (see
+            :func:`whiten_features`; consumed by the caller). Features whose variance sits in a few directions
+            (anisotropic token embeddings) otherwise give a badly conditioned linear probe and a kNN metric ruled
+            by those directions.
+        whiten_eps: covariance regulariser of the whitening, relative to the mean eigenvalue.
         seed: seed of the mini-batch shuffling generator.
     """
 
@@ -40,6 +49,9 @@ class ProbeConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     pool: Literal["mean", "cls", "mean_cls"] = "mean"
+    layers: list[int] | None = None
+    whiten: bool = False
+    whiten_eps: float = 1e-3
     seed: int = 0
 
 
@@ -78,6 +90,39 @@ def _check_pair(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor
     _check_split(test_x, test_y, "test")
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"train_x has dim {train_x.shape[1]} but test_x has dim {test_x.shape[1]}")
+
+
+@torch.no_grad()
+def whiten_features(train_x: Tensor, test_x: Tensor, eps: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """PCA whitening fitted on the training features: ``(x - mean) @ V diag((lambda + eps * mean(lambda))^-1/2)``.
+
+    ``lambda, V`` are the eigenvalues / eigenvectors of the training covariance (computed in float64), so the
+    whitened training features have (nearly) identity covariance. The transform is fitted on ``train_x`` only and
+    applied to both splits.
+
+    Args:
+        train_x: (N, D) float training features, N >= 2.
+        test_x: (M, D) float test features.
+        eps: regulariser added to every eigenvalue, relative to their mean; > 0.
+
+    Returns:
+        ``(train, test)``: (N, D) and (M, D) float32 whitened features.
+    """
+    if train_x.dim() != 2 or test_x.dim() != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"whitening needs (N, D) and (M, D) features, got {tuple(train_x.shape)} and "
+                         f"{tuple(test_x.shape)}")
+    if train_x.shape[0] < 2:
+        raise ValueError("whitening needs at least 2 training rows to estimate a covariance")
+    if not eps > 0:
+        raise ValueError(f"whiten_eps must be > 0, got {eps}")
+    xtr = train_x.double()
+    mean = xtr.mean(dim=0)  # (D,)
+    cov = torch.cov((xtr - mean).T)  # (D, D)
+    lam, vecs = torch.linalg.eigh(cov)  # (D,), (D, D)
+    lam = lam.clamp_min(0.0)
+    scale = (lam + eps * lam.mean().clamp_min(torch.finfo(torch.float64).tiny)).rsqrt()  # (D,)
+    w = vecs * scale  # (D, D): column j = eigenvector j / sqrt(lambda_j + eps')
+    return ((xtr - mean) @ w).float(), ((test_x.double() - mean) @ w).float()
 
 
 @torch.no_grad()

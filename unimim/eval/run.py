@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import yaml
 from torch.utils.data import DataLoader
 
 from unimim.eval.features import extract_features
-from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe
+from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe, whiten_features
 from unimim.experiment import config_from_dict
+from unimim.objectives.base import resolve_layers
 from unimim.registry import MODALITIES, build_objective
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from unimim.train.engine import resolve_device
@@ -44,6 +46,8 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
     cfg = load_run_config(run_dir, overrides)
     pcfg = cfg.probe
     device = resolve_device(cfg.train.device)
+    if pcfg.layers is not None:  # fail before any data is built
+        resolve_layers(pcfg.layers, cfg.encoder.depth)
     spec = MODALITIES[cfg.modality]
     if spec.bind_run_dir is not None:  # evaluate with the run's own copy of its inputs (the text tokenizer)
         spec.bind_run_dir(cfg.data, run_dir)
@@ -61,17 +65,19 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
         t0 = time.perf_counter()
         feats = {}
         for split, ds in (("train", train_set), ("test", test_set)):
-            feats[split] = extract_features(model.encode, loader(ds), pool=pcfg.pool,
+            feats[split] = extract_features(partial(model.encode, layers=pcfg.layers), loader(ds), pool=pcfg.pool,
                                             num_prefix_tokens=model.num_prefix_tokens, device=device, dtype=dtype,
                                             progress=progress)
         (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+        if pcfg.whiten:
+            xtr, xte = whiten_features(xtr, xte, pcfg.whiten_eps)
         lin = linear_probe(xtr, ytr, xte, yte, pcfg)
         knn = knn_accuracy(xtr, ytr, xte, yte, k=pcfg.knn_k, temperature=pcfg.knn_temperature)
         rows.append({"encoder": name, "linear": lin["test_acc"], "linear_train": lin["train_acc"], "knn": knn,
                      "seconds": round(time.perf_counter() - t0, 1)})
         log.info("%s encoder: linear %.4f, kNN %.4f", name, lin["test_acc"], knn)
     result = {"run_dir": str(run_dir), "num_train": len(train_set), "num_test": len(test_set),
-              "pool": pcfg.pool, "results": rows}
+              "pool": pcfg.pool, "layers": pcfg.layers, "whiten": pcfg.whiten, "results": rows}
     (run_dir / "probe.json").write_text(json.dumps(result, indent=2))
     table = format_probe_table(rows)
     (run_dir / "probe.txt").write_text(table + "\n")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from unimim.nn.encoder import TransformerEncoder
@@ -45,10 +47,36 @@ class Objective(nn.Module):
     def embed(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tokens:
         return self.adapter.embed(inputs, padding_mask=padding_mask)
 
-    def encode(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Student features of unmasked input for evaluation: (B, T, D), prefix tokens first."""
-        return self.encoder(self.adapter.embed(inputs, padding_mask=padding_mask)).x
+    def encode(
+        self, inputs: Tensor, padding_mask: Tensor | None = None, layers: Sequence[int] | None = None
+    ) -> Tensor:
+        """Student features of unmasked input for evaluation: (B, T, D), prefix tokens first.
+
+        ``layers=None`` returns the encoder's final output (after its final norm, if any); a list of block indices
+        (0-based, negative ones count from the last block) returns the mean of those blocks' outputs, e.g.
+        ``[-2, -1]`` averages the last two, the way data2vec averages its top-K layers into targets (without the
+        per-layer target norm, so that the features stay those of the encoder).
+        """
+        out = self.encoder(self.adapter.embed(inputs, padding_mask=padding_mask))
+        if layers is None:
+            return out.x
+        picked = [out.layers[i] for i in resolve_layers(layers, len(out.layers))]  # k x (B, T, D)
+        return torch.stack(picked).mean(dim=0)  # (k, B, T, D) -> (B, T, D)
 
     def update_teacher(self, step: int) -> dict[str, float]:
         """Called by the loop after every optimizer step (``step`` = completed updates). No-op without a teacher."""
         return {}
+
+
+def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:
+    """Block indices (0-based, negative from the end) -> distinct non-negative indices below ``depth``."""
+    if len(layers) == 0:
+        raise ValueError("layers must name at least one encoder block (or be None for the final output)")
+    bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not -depth <= i < depth]
+    if bad:
+        raise ValueError(f"layers {bad} are not block indices of an encoder with depth {depth} "
+                         f"(valid: {-depth}..{depth - 1})")
+    resolved = [i % depth for i in layers]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"layers {list(layers)} name the same block more than once")
+    return resolved

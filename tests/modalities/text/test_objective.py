@@ -111,6 +111,12 @@ def test_tiny_run_keeps_tokenizer_and_probes(tmp_path):
     rows = {r["encoder"]: r for r in out["results"]}
     assert set(rows) == {"random", "pretrained"} and out["num_train"] + out["num_test"] == 120
     assert json.loads((result.run_dir / "probe.json").read_text())["results"][0]["linear"] == rows["random"]["linear"]
+    # the same layer selection is applied to both encoders and recorded
+    out = probe_run(result.run_dir, ["probe.layers=[-2, -1]", "probe.whiten=true"], progress=False)
+    assert out["layers"] == [-2, -1] and out["whiten"] is True
+    assert {r["encoder"] for r in out["results"]} == {"random", "pretrained"}
+    with pytest.raises(ValueError, match="depth 2"):
+        probe_run(result.run_dir, ["probe.layers=[2]"], progress=False)
 
 
 def test_bad_inputs_fail_clearly(tmp_path):
