@@ -1,6 +1,8 @@
 import logging
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_overrides
 from unimim.cli import main
 
@@ -41,3 +43,19 @@ def test_pretrain_then_probe(tmp_path, capsys):
 def test_config_prints_resolved(capsys):
     assert main(["config", RECIPE, "train.steps=7"]) == 0
     assert "steps: 7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["mae_fmnist_cpu.yaml", "simmim_fmnist_cpu.yaml", "ibot_fmnist_cpu.yaml",
+                                    "dvae_fmnist_cpu.yaml"])
+def test_every_image_objective_can_be_probed(tmp_path, recipe, caplog):
+    objective = recipe.split("_")[0]
+    path = str(Path(RECIPE).parent / recipe)
+    args = tiny_overrides("image", objective, tmp_path) + [f"train.out_dir={tmp_path}", "name=run", "probe.epochs=2",
+                                                           "probe.knn_k=3"]
+    assert main(["pretrain", path, *args, "--no-progress"]) == 0
+    assert main(["probe", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "probe.json").is_file()
+    if objective != "mae":  # these objectives define their own features: a layer choice is refused clearly
+        with caplog.at_level(logging.ERROR):
+            assert main(["probe", str(tmp_path / "run"), "probe.layers=[-1]", "--no-progress"]) == 2
+        assert "probe.layers is not supported" in caplog.text

@@ -3,6 +3,7 @@ weights (the baseline every pretraining claim is measured against)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -14,11 +15,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from unimim.config import ConfigError
 from unimim.eval.features import extract_features
 from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe, whiten_features
 from unimim.experiment import config_from_dict
 from unimim.objectives.base import resolve_layers
-from unimim.registry import MODALITIES, build_objective
+from unimim.registry import MODALITIES, OBJECTIVES, build_objective
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from unimim.train.engine import resolve_device
 from unimim.train.run import seed_everything
@@ -47,6 +49,8 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
     pcfg = cfg.probe
     device = resolve_device(cfg.train.device)
     if pcfg.layers is not None:  # fail before any data is built
+        if "layers" not in inspect.signature(OBJECTIVES[cfg.objective].cls.encode).parameters:
+            raise ConfigError(f"probe.layers is not supported by objective {cfg.objective!r}; leave it unset")
         resolve_layers(pcfg.layers, cfg.encoder.depth)
     spec = MODALITIES[cfg.modality]
     if spec.bind_run_dir is not None:  # evaluate with the run's own copy of its inputs (the text tokenizer)
@@ -65,7 +69,8 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
         t0 = time.perf_counter()
         feats = {}
         for split, ds in (("train", train_set), ("test", test_set)):
-            feats[split] = extract_features(partial(model.encode, layers=pcfg.layers), loader(ds), pool=pcfg.pool,
+            encode = model.encode if pcfg.layers is None else partial(model.encode, layers=pcfg.layers)
+            feats[split] = extract_features(encode, loader(ds), pool=pcfg.pool,
                                             num_prefix_tokens=model.num_prefix_tokens, device=device, dtype=dtype,
                                             progress=progress)
         (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
