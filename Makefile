@@ -8,6 +8,15 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_RECIPE ?= recipes/image/data2vec2_fmnist_cpu.yaml
 DEMO_NAME ?= d2v2_fmnist
 RUNS ?= runs
+# Shell snippet: install the Debian packages listed in $$missing when root; otherwise name them and fail.
+APT_ENSURE = if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+	else \
+		echo "error: missing Debian packages:$$missing"; \
+		echo "       Install them as root: apt-get install$$missing"; exit 1; \
+	fi
 TEXT_DATA ?= data/text
 TEXT_TOKENIZER := $(TEXT_DATA)/tokenizer.json
 TEXT_RECIPE ?= recipes/text/data2vec2_text_cpu.yaml
@@ -44,28 +53,14 @@ $(STAMP): pyproject.toml
 
 # Default data: Fashion-MNIST from Debian's dataset-fashion-mnist package (installed when running as root).
 data:
-	@if [ -f $(FMNIST) ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian package dataset-fashion-mnist"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
-	else \
-		echo "error: Fashion-MNIST is missing ($(FMNIST))."; \
-		echo "       Install it as root: apt-get install dataset-fashion-mnist"; exit 1; \
-	fi
+	@missing=""; [ -f $(FMNIST) ] || missing=" dataset-fashion-mnist"; $(APT_ENSURE)
 
 # DeepSpeed compiles a small shared-memory op on first use (ninja comes from pip; g++ and Python's headers from Debian).
 toolchain:
 	@missing=""; command -v g++ >/dev/null || missing="g++"; \
 	$(PYTHON) -c 'import os, sysconfig; assert os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
 		2>/dev/null || missing="$$missing $$(basename $$(readlink -f $(PYTHON)))-dev"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian packages:$$missing"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
-	else \
-		echo "error: DeepSpeed needs a C++ compiler and Python headers to build its ops; missing:$$missing"; \
-		echo "       Install them as root: apt-get install$$missing"; exit 1; \
-	fi
+	$(APT_ENSURE)
 
 demo: install data
 	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
@@ -78,14 +73,7 @@ demo: install data
 # and flite by 172 voices, split by voice (probe). The Debian packages are installed when running as root.
 data-speech: install
 	@missing=""; for p in $(SPEECH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian packages:$$missing"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
-	else \
-		echo "error: missing Debian packages:$$missing"; \
-		echo "       Install them as root: apt-get install$$missing"; exit 1; \
-	fi
+	$(APT_ENSURE)
 	@[ -f $(SPEECH_DATA)/tuxpaint.tsv ] || \
 		$(PY) -m modalities.speech.build_manifest $(TUXPAINT) $(SPEECH_DATA)/tuxpaint.tsv --glob '*_desc_*.ogg'
 	@[ -f $(SPEECH_DATA)/keywords/test.wrd ] || $(PY) -m modalities.speech.synth_keywords $(SPEECH_DATA)/keywords
@@ -105,14 +93,7 @@ text-packages:
 	[ -f /usr/share/dictd/gcide.dict.dz ] || missing="$$missing dict-gcide"; \
 	[ -d /usr/share/doc/python3.11/html ] || missing="$$missing python3.11-doc"; \
 	[ -f /usr/share/wordnet/data.noun ] || missing="$$missing wordnet-base"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian packages:$$missing"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
-	else \
-		echo "error: the text data needs the Debian packages:$$missing"; \
-		echo "       Install them as root: apt-get install$$missing"; exit 1; \
-	fi
+	$(APT_ENSURE)
 
 $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt &:
 	$(MAKE) --no-print-directory text-packages

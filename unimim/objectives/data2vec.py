@@ -24,19 +24,20 @@ GPU corresponds to ``cls_loss_weight = 2.56`` here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from unimim.core.collapse import channel_std, check_collapse
-from unimim.core.ema import EMAConfig, EMATeacher
+from unimim.core.ema import EMAConfig
 from unimim.core.losses import regression_loss, resolve_scale
 from unimim.core.masking import MaskInfo, prepend_unmasked
 from unimim.core.targets import Norm, build_targets
 from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
 from unimim.nn.encoder import TransformerEncoder
-from unimim.objectives.base import Objective, ObjectiveOutput
+from unimim.objectives.base import ObjectiveOutput
+from unimim.objectives.teacher import TeacherStudentObjective
 
 
 @dataclass
@@ -78,7 +79,7 @@ def regression_head(dim: int, layers: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
 
-class Data2Vec(Objective):
+class Data2Vec(TeacherStudentObjective):
     """Student (adapter + encoder + head) and an EMA teacher of the backbone (adapter + encoder)."""
 
     def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: Data2VecConfig) -> None:
@@ -92,21 +93,7 @@ class Data2Vec(Objective):
         else:  # the decoder works on the token grid the adapter declares (images), else on the sequence
             self.decoder = ConvDecoder(cfg.decoder, in_dim=dim, grid=getattr(adapter, "grid", None))
         self.loss_scale = resolve_scale(cfg.loss_scale, dim)
-        self.teacher = EMATeacher(self.backbone, cfg.ema)  # a plain attribute: not a child module
-        self.num_updates = 0
-
-    # -- the teacher follows device moves and lives in the checkpoint through the extra state --------------
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        super()._apply(fn, recurse)
-        self.teacher.module._apply(fn, recurse)
-        return self
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "num_updates": self.num_updates}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.num_updates = int(state["num_updates"])
+        self.attach_teacher(self.backbone, cfg.ema)
 
     # -- training ------------------------------------------------------------------------------------------
     @torch.no_grad()

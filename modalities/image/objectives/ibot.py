@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -32,11 +32,12 @@ from torch import Tensor, nn
 
 from modalities.image.objectives.ibot_head import HeadConfig, ProjectionHead
 from unimim.core.collapse import CollapseError
-from unimim.core.ema import EMAConfig, EMATeacher
+from unimim.core.ema import EMAConfig
 from unimim.nn.encoder import TransformerEncoder
 from unimim.nn.pos_embed import sincos_2d
 from unimim.nn.tokens import Tokens
-from unimim.objectives.base import Objective, ObjectiveOutput
+from unimim.objectives.base import ObjectiveOutput
+from unimim.objectives.teacher import TeacherStudentObjective
 
 
 @dataclass
@@ -101,7 +102,7 @@ def embed_any_size(adapter: nn.Module, images: Tensor) -> Tokens:
     return Tokens(x=x + pos.to(x.dtype))
 
 
-class IBOT(Objective):
+class IBOT(TeacherStudentObjective):
     """Student backbone + shared projection ``head``; EMA teacher of both; cls and patch centres as buffers."""
 
     def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: IBOTConfig) -> None:
@@ -113,20 +114,7 @@ class IBOT(Objective):
         self.register_buffer("center", torch.zeros(1, cfg.head.out_dim))
         self.register_buffer("center_patch", torch.zeros(1, 1, cfg.head.out_dim))
         # names "backbone.*" and "head.*" match the student's own parameter names, so update(self) pairs them
-        self.teacher = EMATeacher(nn.ModuleDict({"backbone": self.backbone, "head": self.head}), cfg.ema)
-        self.num_updates = 0
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        super()._apply(fn, recurse)
-        self.teacher.module._apply(fn, recurse)
-        return self
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "num_updates": self.num_updates}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.num_updates = int(state["num_updates"])
+        self.attach_teacher(nn.ModuleDict({"backbone": self.backbone, "head": self.head}), cfg.ema)
 
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone."""
