@@ -131,3 +131,36 @@ def test_stop_after_then_resume_continues_the_same_trajectory(tmp_path):
     rest = pretrain(load_recipe(RECIPE, sliced), progress=False)
     assert rest.start_step == 2 and len(rest.losses) == 1
     assert [r["loss"] for r in read_metrics(straight.run_dir)] == [r["loss"] for r in read_metrics(rest.run_dir)]
+
+
+AUTOCAST_SWITCHED_OFF = """
+import sys, torch
+from deepspeed.runtime import torch_autocast
+# On CUDA DeepSpeed sees an autocast entered around its engine (torch.is_autocast_enabled() checks CUDA's) and
+# switches it off inside its forward when its bf16 / fp16 sections are used. Make it see the CPU's the same way.
+_enabled = torch.is_autocast_enabled
+torch_autocast.torch.is_autocast_enabled = lambda *a: _enabled(*a) if a else _enabled("cpu")
+from tests.conftest import tiny_overrides
+from unimim.experiment import load_recipe
+from unimim.train.run import pretrain
+over = tiny_overrides("image", "data2vec") + ["deepspeed.enabled=true", "train.precision=bf16", "train.steps=2",
+                                              "train.out_dir=" + sys.argv[1]]
+result = pretrain(load_recipe(sys.argv[2], over), progress=False)
+assert len(result.losses) == 2 and all(l == l for l in result.losses), result.losses
+print("ok", result.losses)
+"""
+
+
+def test_bf16_engine_does_not_rely_on_an_autocast_around_deepspeed(tmp_path):
+    """DeepSpeed's bf16 mode holds the student in bf16 and, on CUDA, switches off an autocast entered around its
+    engine; the engine must enter it inside DeepSpeed's forward, or fp32 inputs meet bf16 weights (seen on an H100:
+    "Input type (float) and bias type (c10::BFloat16) should be the same"). Simulated on the CPU accelerator."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", AUTOCAST_SWITCHED_OFF, str(tmp_path), str(RECIPE)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ok" in proc.stdout

@@ -74,6 +74,8 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
                                             num_prefix_tokens=model.num_prefix_tokens, device=device, dtype=dtype,
                                             progress=progress)
         (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+        # the probes run where the encoder ran (features come back on the CPU): seconds on a GPU, not minutes
+        xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
         if pcfg.whiten:
             xtr, xte = whiten_features(xtr, xte, pcfg.whiten_eps)
         lin = linear_probe(xtr, ytr, xte, yte, pcfg)

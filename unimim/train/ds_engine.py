@@ -133,14 +133,25 @@ def _register_zero3_externals(model: nn.Module) -> int:
 class _Entry(nn.Module):
     """What DeepSpeed wraps: the objective, returning ``(loss, logs)``. ZeRO-3 re-gathers a module's partitioned
     parameters for the backward pass from hooks it places on the tensors the module's forward returns, and it
-    cannot see into an :class:`ObjectiveOutput`; a tuple it can."""
+    cannot see into an :class:`ObjectiveOutput`; a tuple it can.
 
-    def __init__(self, objective: nn.Module) -> None:
+    The autocast context is entered here, inside DeepSpeed's ``forward``: with its bf16 / fp16 sections DeepSpeed
+    holds the student in the low precision and switches off any autocast entered around its engine on CUDA
+    (``deepspeed.runtime.torch_autocast.autocast_if_enabled``), which would leave the fp32 inputs and the fp32
+    teacher's targets to meet bf16 weights ("Input type (float) and bias type (c10::BFloat16)")."""
+
+    def __init__(self, objective: nn.Module, autocast_dtype: torch.dtype | None) -> None:
         super().__init__()
         self.objective = objective
+        self.autocast_dtype = autocast_dtype
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.objective(batch)
+        if self.autocast_dtype is None:
+            out = self.objective(batch)
+        else:
+            device = next(self.objective.parameters()).device
+            with torch.autocast(device_type=device.type, dtype=self.autocast_dtype):
+                out = self.objective(batch)
         return out.loss, out.logs
 
 
@@ -162,7 +173,8 @@ class DeepSpeedEngine:
         self.precision = precision
         self.lr_schedule = lr_schedule
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
-        entry = _Entry(model)
+        autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        entry = _Entry(model, autocast_dtype)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=entry, optimizer=optimizer, config=ds_config)
         if self.zero_stage == 3:
             _register_zero3_externals(entry)
@@ -178,12 +190,8 @@ class DeepSpeedEngine:
         return ObjectiveOutput(loss=loss, logs=logs)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """DeepSpeed holds the student in bf16 / fp16; autocast lets fp32 inputs and the fp32 teacher's
-        targets meet it (matmuls in the low precision, reductions and norms in fp32)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """A no-op: the autocast of ``precision`` is entered inside DeepSpeed's forward (see :class:`_Entry`)."""
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate one micro-batch (DeepSpeed divides by the accumulation count and reduces gradients).
