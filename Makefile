@@ -36,7 +36,7 @@ help:
 	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~9 min), WordNet probe"
 	@echo "make demo-speech - data2vec on recorded speech (tuxpaint stamps, CPU ~9 min), keyword probe vs random"
 	@echo "make demo-beit - BEiT on Fashion-MNIST: train the dVAE tokenizer, then BEiT, then probe (CPU, ~12 min)"
-	@echo "make demo-ibot - iBOT on Fashion-MNIST, then probe (CPU, ~10 min)"
+	@echo "make demo-ibot - iBOT on Fashion-MNIST, then probe (CPU, ~16 min)"
 	@echo "make test   - set up, run the test suite (slow and GPU tests excluded)"
 	@echo "make bench  - training-step throughput benchmark (benchmarks/)"
 	@echo "make test-deepspeed - the DeepSpeed tests only (2-process CPU jobs, ~2 min)"
