@@ -222,9 +222,7 @@ def from_hf_data2vec_vision(hf_state: Mapping[str, Tensor], *, depth: int, prefi
         logger.warning("dropping %d pooler entries (a head on the pooled output, not part of the backbone)",
                        len(pooler))
         used.update(pooler)
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"unconverted HF entries: {left[:8]}{' ...' if len(left) > 8 else ''}")
+    require_all_converted(state, used, "HF")
     return out
 
 
@@ -296,13 +294,18 @@ def to_hf_data2vec_vision(
                 raise KeyError(f"state dict lacks {ours + dst!r}")
         if (ours + "ls1.gamma" in src) != (ours + "ls2.gamma" in src):
             raise ValueError(f"block {i} has only one of ls1.gamma / ls2.gamma")
-    left = sorted(set(src) - used)
-    if left:
-        raise ValueError(f"unconverted unimim entries: {left[:8]}{' ...' if len(left) > 8 else ''}")
+    require_all_converted(src, used, "unimim")
     return out
 
 
-def _square(value: Any, name: str) -> int:
+def require_all_converted(state: Mapping[str, Any], used: set[str], what: str) -> None:
+    """Raise if a conversion left entries of ``state`` unread (a layout it does not know; nothing is dropped)."""
+    left = sorted(set(state) - used)
+    if left:
+        raise ValueError(f"unconverted {what} entries: {left[:8]}{' ...' if len(left) > 8 else ''}")
+
+
+def square(value: Any, name: str) -> int:
     """An int or a square (a, a) pair -> a."""
     if isinstance(value, int):
         return value
@@ -340,8 +343,8 @@ def hf_config_to_unimim(hf_config: Any) -> tuple[ImageAdapterConfig, EncoderConf
         logger.warning("layer_norm_eps=%g copied from the HF config (BEiT / data2vec-vision trained with 1e-6)", eps)
     scale = float(getattr(hf_config, "layer_scale_init_value", 0.0))
     adapter = ImageAdapterConfig(
-        image_size=_square(hf_config.image_size, "image_size"),
-        patch_size=_square(hf_config.patch_size, "patch_size"),
+        image_size=square(hf_config.image_size, "image_size"),
+        patch_size=square(hf_config.patch_size, "patch_size"),
         in_chans=int(hf_config.num_channels),
         positions="relative" if shared else "learned",
         cls_token=True,

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from modalities.image.adapter import ImageAdapterConfig
-from modalities.image.convert_hf import hf_config_to_unimim
+from modalities.image.convert_hf import hf_config_to_unimim, require_all_converted
 from unimim.nn.encoder import EncoderConfig
 
 _EMBED = {
@@ -100,9 +100,7 @@ def from_hf_beit_mim(hf_state: Mapping[str, Tensor], *, depth: int) -> dict[str,
                 used.add(hf + src)
             elif not src.startswith("lambda"):
                 raise KeyError(f"HF state dict lacks {hf + src!r}")
-    left = sorted(set(hf_state) - used)
-    if left:
-        raise ValueError(f"unconverted HF entries: {left[:8]}{' ...' if len(left) > 8 else ''}")
+    require_all_converted(hf_state, used, "HF")
     return out
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from modalities.image.adapter import ImageAdapterConfig
+from modalities.image.convert_hf import require_all_converted, square
 from modalities.image.mae_decoder import MAEDecoderConfig
 from modalities.image.masking import ImageMaskConfig
 from modalities.image.objectives.mae import MAEConfig
@@ -144,19 +145,8 @@ def from_hf_vit_mae(
         out.update(_convert_layer(state, f"vit.layers.{i}.", f"backbone.encoder.blocks.{i}.", used))
     for i in range(decoder_depth):
         out.update(_convert_layer(state, f"decoder.decoder_layers.{i}.", f"decoder.blocks.blocks.{i}.", used))
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"unconverted ViTMAE entries: {left[:8]}{' ...' if len(left) > 8 else ''}")
+    require_all_converted(state, used, "ViTMAE")
     return out
-
-
-def _square(value: Any, name: str) -> int:
-    if isinstance(value, int):
-        return value
-    a, b = value
-    if a != b:
-        raise ValueError(f"{name}={tuple(value)} is not square; ImageAdapter supports square inputs and patches")
-    return int(a)
 
 
 def hf_mae_config_to_unimim(hf_config: Any) -> tuple[ImageAdapterConfig, EncoderConfig, MAEConfig, ImageMaskConfig]:
@@ -172,7 +162,7 @@ def hf_mae_config_to_unimim(hf_config: Any) -> tuple[ImageAdapterConfig, Encoder
             raise ValueError(f"{what}={h} is not reproduced by int(width * ratio)")
     eps = float(hf_config.layer_norm_eps)
     adapter = ImageAdapterConfig(
-        image_size=_square(hf_config.image_size, "image_size"), patch_size=_square(hf_config.patch_size, "patch_size"),
+        image_size=square(hf_config.image_size, "image_size"), patch_size=square(hf_config.patch_size, "patch_size"),
         in_chans=int(hf_config.num_channels), positions="sincos", cls_token=True,
     )
     encoder = EncoderConfig(

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from modalities.image.adapter import ImageAdapterConfig
+from modalities.image.convert_hf import require_all_converted
 from unimim.nn.encoder import EncoderConfig
 from unimim.nn.pos_embed import sincos_2d
 
@@ -92,9 +93,7 @@ def from_timm_vit(
     if dropped:
         logger.info("dropping %d classifier entries (%s ...)", len(dropped), dropped[0])
         used.update(dropped)
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"unconverted timm entries: {left[:8]}{' ...' if len(left) > 8 else ''}")
+    require_all_converted(state, used, "timm")
     return out
 
 
