@@ -9,12 +9,16 @@ without corruption); BERT's random/unchanged corruption arrives already applied 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from modalities.base import Tokens
 from modalities.text.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID
+from unimim.nn.pos_embed import sincos_1d
+
+EMBED_STD = 0.02  # initial std of the token (and learned position) embeddings, RoBERTa's
 
 
 @dataclass
@@ -22,10 +26,15 @@ class TextAdapterConfig:
     vocab_size: int = 50265    # embedding rows; >= the tokenizer's vocabulary (RoBERTa: 50265)
     max_positions: int = 512   # longest sequence (= data.block_size)
     dropout: float = 0.1       # after the embedding layer norm (RoBERTa 0.1)
+    # learned: RoBERTa's trained absolute positions; sincos: a fixed 1-D sin-cos table (Vaswani et al. 2017) scaled
+    # to the token embeddings' initial per-channel std, so training cannot grow the position signal
+    positions: Literal["learned", "sincos"] = "learned"
 
     def __post_init__(self) -> None:
         if self.vocab_size <= NUM_SPECIAL:
             raise ValueError(f"adapter.vocab_size must exceed the {NUM_SPECIAL} special tokens, got {self.vocab_size}")
+        if self.positions not in ("learned", "sincos"):
+            raise ValueError(f"adapter.positions must be 'learned' or 'sincos', got {self.positions!r}")
         if self.max_positions < 2:
             raise ValueError(f"adapter.max_positions must be >= 2, got {self.max_positions}")
 
@@ -40,13 +49,17 @@ class TextAdapter(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokens = nn.Embedding(cfg.vocab_size, dim, padding_idx=PAD_ID)
-        self.pos_embed = nn.Parameter(torch.zeros(cfg.max_positions, dim))
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
-        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.tokens.weight, std=EMBED_STD)
         with torch.no_grad():
             self.tokens.weight[PAD_ID].zero_()
-        nn.init.normal_(self.pos_embed, std=0.02)
+        if cfg.positions == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, dim))  # (T_max, D)
+            nn.init.normal_(self.pos_embed, std=EMBED_STD)
+        else:  # sin-cos channels have rms 1/sqrt(2): rescale them to EMBED_STD
+            table = sincos_1d(dim, torch.arange(cfg.max_positions)) * (EMBED_STD * 2**0.5)  # (T_max, D)
+            self.register_buffer("pos_embed", table, persistent=False)
 
     def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
         """inputs: (B, T) ids; mask: (B, T) bool, True = replace the id by ``<mask>``; padding_mask: (B, T) bool,
