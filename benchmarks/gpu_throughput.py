@@ -72,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from step_throughput import DTYPES, analytic_flops, sync  # noqa: E402
 
 log = logging.getLogger("gpu_throughput")
 
@@ -84,15 +85,9 @@ TINY_OVERRIDES = [
 ENGINES = ("peer", "single", "ds0", "ds2")
 PEER_MODEL = "vit_base_patch16_224"
 PEER_CLASSES = 1000
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 # -- device helpers ------------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def set_tf32(device: torch.device, on: bool) -> bool:
     """Set ``torch.backends.cuda.matmul.allow_tf32`` on CUDA; returns the value read back (False on CPU)."""
     if device.type != "cuda":
@@ -179,8 +174,6 @@ class TimedBatches:
 # -- FLOPs ---------------------------------------------------------------------------------------------------------
 def flops_per_image(cfg: Any) -> dict[str, float]:
     """Analytic matmul FLOPs per image of the data2vec step and of the plain classification step."""
-    from step_throughput import analytic_flops
-
     f = analytic_flops(cfg)
     plain = 3 * (f.depth * f.block + 2.0 * cfg.encoder.dim * PEER_CLASSES) + 2 * f.embed
     return {"data2vec": f.step, "plain": plain}

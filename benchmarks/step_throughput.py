@@ -161,7 +161,7 @@ def counted_flops(objective: torch.nn.Module, engine: Any, batch: dict[str, torc
 
 
 # -- peak ----------------------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -174,12 +174,12 @@ def measure_mm_peak(device: torch.device, dtype: torch.dtype, sizes: list[int], 
         a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
         b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
         torch.mm(a, b)
-        _sync(device)
+        sync(device)
         best = math.inf
         for _ in range(reps):
             t0 = time.perf_counter()
             torch.mm(a, b)
-            _sync(device)
+            sync(device)
             best = min(best, time.perf_counter() - t0)
         per_size[n] = 2.0 * n**3 / best / 1e9
         log.info("mm peak %s n=%d: %.1f GFLOP/s", dtype, n, per_size[n])
@@ -278,7 +278,7 @@ def bench_model(
     cpu_used = 0.0
     for step in range(total):
         batch_in = {"inputs": inputs, "mask": masks[step]}
-        _sync(device)
+        sync(device)
         c0, t0 = time.process_time(), time.perf_counter()
         with engine.autocast():
             out = objective(batch_in)
@@ -286,7 +286,7 @@ def bench_model(
         engine.step(step)
         objective.update_teacher(step + 1)
         loss = float(out.loss.detach())
-        _sync(device)
+        sync(device)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         losses.append(loss)
         if not math.isfinite(loss):

@@ -95,13 +95,13 @@ def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]
     return kept
 
 
-def _check_depth(keys: set[str], layer_prefix: str, depth: int) -> None:
+def check_depth(keys: set[str], layer_prefix: str, depth: int) -> None:
     """Raise if the layer indices present under ``layer_prefix`` are not exactly ``0 .. depth-1``."""
     pattern = re.compile(re.escape(layer_prefix) + r"(\d+)\.")
     found = {int(m.group(1)) for k in keys if (m := pattern.match(k))}
     if found != set(range(depth)):
         raise ValueError(
-            f"depth={depth} but the state dict has layers {sorted(found)} under {layer_prefix!r}"
+            f"depth={depth}: expected layers 0..{depth - 1} under {layer_prefix!r}, the state dict has {sorted(found)}"
         )
 
 
@@ -175,7 +175,7 @@ def from_hf_data2vec_vision(hf_state: Mapping[str, Tensor], *, depth: int, prefi
                          "ImageAdapter supports one kind of positions")
     if _HF_TABLE not in state and _HF_POS not in state:
         raise ValueError("the state dict has neither position embeddings nor a shared relative position bias table")
-    _check_depth(set(state), "encoder.layer.", depth)
+    check_depth(set(state), "encoder.layer.", depth)
 
     out: dict[str, Tensor] = {}
     used: set[str] = set()
@@ -249,7 +249,7 @@ def to_hf_data2vec_vision(
         encoder has a final norm. Non-persistent buffers (HF's relative position index) are not emitted.
     """
     src = _strip_prefix(state, prefix)
-    _check_depth(set(src), "encoder.blocks.", depth)
+    check_depth(set(src), "encoder.blocks.", depth)
     inverse = {v: k for k, v in _EMBED_RENAMES.items()}
     out: dict[str, Tensor] = {}
     used: set[str] = set()

@@ -25,7 +25,6 @@ unchanged. The HF config must use ``use_mean_pooling=True`` (the default): other
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 
 from modalities.image.adapter import ImageAdapterConfig
-from modalities.image.convert_hf import hf_config_to_unimim, require_all_converted
+from modalities.image.convert_hf import check_depth, hf_config_to_unimim, require_all_converted
 from unimim.nn.encoder import EncoderConfig
 
 _EMBED = {
@@ -74,9 +73,7 @@ def from_hf_beit_mim(hf_state: Mapping[str, Tensor], *, depth: int) -> dict[str,
     if any(k.startswith("beit.layernorm.") for k in hf_state):
         raise ValueError("beit.layernorm present (use_mean_pooling=False): the HF model applies two final "
                          "LayerNorms, which the unimim encoder does not")
-    layers = {int(m.group(1)) for k in hf_state if (m := re.match(r"beit\.layers\.(\d+)\.", k))}
-    if layers != set(range(depth)):
-        raise ValueError(f"depth={depth} but the HF state dict has layers {sorted(layers)}")
+    check_depth(set(hf_state), "beit.layers.", depth)
     out: dict[str, Tensor] = {}
     used: set[str] = set()
     for src, dst in _EMBED.items():

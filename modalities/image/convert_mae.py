@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from modalities.image.adapter import ImageAdapterConfig
-from modalities.image.convert_hf import require_all_converted, square
+from modalities.image.convert_hf import check_depth, require_all_converted, square
 from modalities.image.mae_decoder import MAEDecoderConfig
 from modalities.image.masking import ImageMaskConfig
 from modalities.image.objectives.mae import MAEConfig
@@ -137,10 +137,8 @@ def from_hf_vit_mae(
             raise KeyError(f"ViTMAE state dict lacks {key!r}")
         _check_sincos(state[key], grid, key)
         used.add(key)
-    for prefix, n in (("vit.layers.", depth), ("decoder.decoder_layers.", decoder_depth)):
-        found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-        if found != set(range(n)):
-            raise ValueError(f"expected layers 0..{n - 1} under {prefix!r}, the state dict has {sorted(found)}")
+    check_depth(set(state), "vit.layers.", depth)
+    check_depth(set(state), "decoder.decoder_layers.", decoder_depth)
     for i in range(depth):
         out.update(_convert_layer(state, f"vit.layers.{i}.", f"backbone.encoder.blocks.{i}.", used))
     for i in range(decoder_depth):

@@ -144,13 +144,13 @@ class _Entry(nn.Module):
         super().__init__()
         self.objective = objective
         self.autocast_dtype = autocast_dtype
+        self.device_type = "cpu"  # set by DeepSpeedEngine once DeepSpeed has placed the model
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         if self.autocast_dtype is None:
             out = self.objective(batch)
         else:
-            device = next(self.objective.parameters()).device
-            with torch.autocast(device_type=device.type, dtype=self.autocast_dtype):
+            with torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype):
                 out = self.objective(batch)
         return out.loss, out.logs
 
@@ -180,6 +180,7 @@ class DeepSpeedEngine:
             _register_zero3_externals(entry)
         self.objective = model
         self.device = self.ds.device
+        entry.device_type = torch.device(self.device).type
         self.rank = dist_utils.rank()
         self.world_size = dist_utils.world_size()
         self.is_main = self.rank == 0
