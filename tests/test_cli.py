@@ -30,6 +30,14 @@ def test_missing_fashion_mnist_names_file_and_package(caplog, tmp_path):
     assert f"{tmp_path}/fmnist" in caplog.text and "dataset-fashion-mnist" in caplog.text
 
 
+def test_settings_that_do_not_fit_together_are_a_clear_error(caplog, tmp_path):
+    # each value is valid alone; the objective refuses the pair when it is built (no traceback, exit code 1)
+    with caplog.at_level(logging.ERROR):
+        code = main(["pretrain", RECIPE, "encoder.depth=2", "method.top_k=4", f"train.out_dir={tmp_path}"])
+    assert code == 1
+    assert "top_k=4 exceeds encoder.depth=2" in caplog.text
+
+
 def test_pretrain_then_probe(tmp_path, capsys):
     args = tiny_overrides("image", "data2vec", tmp_path) + [f"train.out_dir={tmp_path}", "name=cli", "probe.epochs=3",
                                                             "probe.knn_k=3"]

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
-    except RuntimeError as e:  # collapse, non-finite loss, unreadable checkpoint: clear message, no traceback
+    except (RuntimeError, ValueError) as e:  # collapse, non-finite loss, unreadable checkpoint, settings that do not
+        # fit together (e.g. data2vec top_k above the encoder depth): a clear message, no traceback
         if args.verbose:
             raise
         log.error("%s: %s", type(e).__name__, e)

@@ -27,14 +27,16 @@ class TextAdapterConfig:
     max_positions: int = 512   # longest sequence (= data.block_size)
     dropout: float = 0.1       # after the embedding layer norm (RoBERTa 0.1)
     # learned: RoBERTa's trained absolute positions; sincos: a fixed 1-D sin-cos table (Vaswani et al. 2017) scaled
-    # to the token embeddings' initial per-channel std, so training cannot grow the position signal
-    positions: Literal["learned", "sincos"] = "learned"
+    # to the token embeddings' initial per-channel std, so training cannot grow the position signal; none: no
+    # absolute positions (the encoder is then order-free; word order reaches a data2vec 2.0 model through its
+    # convolutional decoder only)
+    positions: Literal["learned", "sincos", "none"] = "learned"
 
     def __post_init__(self) -> None:
         if self.vocab_size <= NUM_SPECIAL:
             raise ValueError(f"adapter.vocab_size must exceed the {NUM_SPECIAL} special tokens, got {self.vocab_size}")
-        if self.positions not in ("learned", "sincos"):
-            raise ValueError(f"adapter.positions must be 'learned' or 'sincos', got {self.positions!r}")
+        if self.positions not in ("learned", "sincos", "none"):
+            raise ValueError(f"adapter.positions must be 'learned', 'sincos' or 'none', got {self.positions!r}")
         if self.max_positions < 2:
             raise ValueError(f"adapter.max_positions must be >= 2, got {self.max_positions}")
 
@@ -57,6 +59,8 @@ class TextAdapter(nn.Module):
         if cfg.positions == "learned":
             self.pos_embed = nn.Parameter(torch.empty(cfg.max_positions, dim))  # (T_max, D)
             nn.init.normal_(self.pos_embed, std=EMBED_STD)
+        elif cfg.positions == "none":
+            self.pos_embed = None
         else:  # sin-cos channels have rms 1/sqrt(2): rescale them to EMBED_STD
             table = sincos_1d(dim, torch.arange(cfg.max_positions)) * (EMBED_STD * 2**0.5)  # (T_max, D)
             self.register_buffer("pos_embed", table, persistent=False)
@@ -79,5 +83,7 @@ class TextAdapter(nn.Module):
         if padding_mask is None:
             pad = inputs.eq(PAD_ID)
             padding_mask = pad if bool(pad.any()) else None
-        x = self.tokens(inputs) + self.pos_embed[:T]  # (B, T, D)
+        x = self.tokens(inputs)  # (B, T, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:T]
         return Tokens(x=self.drop(self.norm(x)), padding_mask=padding_mask)

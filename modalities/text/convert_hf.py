@@ -96,6 +96,9 @@ def to_hf_data2vec_text(state: Mapping[str, Tensor], *, pad_token_id: int = PAD_
     state = dict(state)
     if any(k.startswith("encoder.norm.") for k in state):
         raise ValueError("a RoBERTa/data2vec text encoder has no final LayerNorm (encoder.final_norm: false)")
+    if "adapter.pos_embed" not in state:  # sincos / none positions are not part of the state
+        raise ValueError("Data2VecTextModel has learned absolute positions; this state has none (convert an encoder "
+                         "trained with adapter.positions: learned)")
     pos = state.pop("adapter.pos_embed")  # (T, D)
     out: dict[str, Tensor] = {
         "embeddings.word_embeddings.weight": state.pop("adapter.tokens.weight"),

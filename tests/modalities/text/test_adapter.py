@@ -1,4 +1,4 @@
-"""Text adapter: learned RoBERTa positions (trained) or a fixed sin-cos table (not trained, not saved)."""
+"""Text adapter: learned RoBERTa positions (trained), a fixed sin-cos table (not trained, not saved) or none."""
 
 from __future__ import annotations
 
@@ -29,5 +29,18 @@ def test_sincos_positions_are_fixed_and_scaled_to_the_token_embeddings():
 def test_learned_positions_train_and_unknown_kind_is_refused():
     adapter = TextAdapter(TextAdapterConfig(vocab_size=64, max_positions=16, dropout=0.0), dim=8)
     assert "pos_embed" in dict(adapter.named_parameters())
-    with pytest.raises(ValueError, match="adapter.positions must be 'learned' or 'sincos'"):
+    with pytest.raises(ValueError, match="adapter.positions must be 'learned', 'sincos' or 'none'"):
         TextAdapterConfig(positions="rotary")
+
+
+def test_no_positions_makes_the_embedding_order_free():
+    torch.manual_seed(0)
+    adapter = TextAdapter(TextAdapterConfig(vocab_size=64, max_positions=16, positions="none", dropout=0.0), dim=8)
+    assert adapter.pos_embed is None and not any("pos" in k for k in adapter.state_dict())
+    ids = torch.randint(5, 64, (2, 10))
+    perm = torch.randperm(10)
+    x = adapter.embed(ids).x  # (2, 10, 8)
+    assert torch.equal(adapter.embed(ids[:, perm]).x, x[:, perm])  # each token's vector depends on its id alone
+    expect = torch.nn.functional.layer_norm(adapter.tokens(ids), (8,), adapter.norm.weight, adapter.norm.bias,
+                                            adapter.norm.eps)
+    assert torch.allclose(x, expect)

@@ -120,3 +120,7 @@ def test_eps_matters_and_bad_layouts():
     state["encoder.norm.weight"] = torch.ones(32)
     with pytest.raises(ValueError, match="final LayerNorm"):
         to_hf_data2vec_text(state)
+    state = from_hf_data2vec_text(hf.state_dict())
+    del state["adapter.pos_embed"]  # an encoder trained with adapter.positions: sincos or none
+    with pytest.raises(ValueError, match="learned absolute positions"):
+        to_hf_data2vec_text(state)
