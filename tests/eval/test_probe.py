@@ -84,6 +84,10 @@ def test_linear_probe_handles_constant_feature_and_unseen_test_class() -> None:
     out = linear_probe(train_x, train_y, test_x, test_y, ProbeConfig(epochs=50))
     assert out["num_classes"] == 4
     assert out["test_acc"] >= 0.95
+    with_pred = linear_probe(train_x, train_y, test_x, test_y, ProbeConfig(epochs=50), return_predictions=True)
+    pred = with_pred.pop("test_pred")
+    assert with_pred == out and pred.shape == (100,) and pred.dtype == torch.long
+    assert (pred == test_y).double().mean().item() == pytest.approx(out["test_acc"])
 
 
 # --------------------------------------------------------------------------------------------------------- kNN

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -148,7 +148,8 @@ def linear_probe(
     cfg: ProbeConfig,
     *,
     progress: bool = False,
-) -> dict[str, float]:
+    return_predictions: bool = False,
+) -> dict[str, Any]:
     """Train a linear softmax classifier on frozen features and report accuracies.
 
     Features are standardised with the training mean and std (dimensions with std < 1e-6 are only centred).
@@ -163,10 +164,13 @@ def linear_probe(
         test_y: (M,) integer test labels (non-negative).
         cfg: probe settings (``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed`` are used).
         progress: show a tqdm progress bar over epochs.
+        return_predictions: also return ``"test_pred"``, the (M,) long predicted classes of the test rows (for a
+            paired comparison of two encoders on the same examples, :mod:`unimim.eval.compare`).
 
     Returns:
         ``{"train_acc", "test_acc", "train_loss", "test_loss", "num_classes"}``: top-1 accuracies in [0, 1]
-        and mean cross-entropies of the final classifier, and the number of classes C it was trained with.
+        and mean cross-entropies of the final classifier, and the number of classes C it was trained with
+        (floats); plus ``"test_pred"`` when asked for.
 
     Raises:
         ValueError: on mismatched lengths or dims, empty sets, negative or non-integer labels, NaN/Inf
@@ -240,6 +244,9 @@ def linear_probe(
         "test_loss": test_loss,
         "num_classes": float(num_classes),
     }
+    if return_predictions:
+        with torch.no_grad():
+            out["test_pred"] = torch.cat([model(xte[s : s + 65536]).argmax(dim=1) for s in range(0, len(xte), 65536)])
     logger.info(
         "linear probe: train_acc=%.4f test_acc=%.4f (N=%d, M=%d, D=%d, C=%d, %d steps)",
         train_acc, test_acc, n, xte.shape[0], d, num_classes, total_steps,

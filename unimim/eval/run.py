@@ -16,6 +16,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from unimim.config import ConfigError
+from unimim.eval.compare import paired_bootstrap
 from unimim.eval.features import extract_features
 from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe, whiten_features
 from unimim.experiment import config_from_dict
@@ -64,7 +65,7 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     seed_everything(cfg.train.seed)
     encoders = {"random": build_objective(cfg).to(device).eval(), "pretrained": load_pretrained(run_dir, cfg, device)}
-    rows = []
+    rows, correct = [], {}
     for name, model in encoders.items():
         t0 = time.perf_counter()
         feats = {}
@@ -78,14 +79,20 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
         xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
         if pcfg.whiten:
             xtr, xte = whiten_features(xtr, xte, pcfg.whiten_eps)
-        lin = linear_probe(xtr, ytr, xte, yte, pcfg)
+        lin = linear_probe(xtr, ytr, xte, yte, pcfg, return_predictions=True)
+        correct[name] = lin["test_pred"].cpu() == yte.cpu()  # (M,) bool
         knn = knn_accuracy(xtr, ytr, xte, yte, k=pcfg.knn_k, temperature=pcfg.knn_temperature)
         rows.append({"encoder": name, "linear": lin["test_acc"], "linear_train": lin["train_acc"], "knn": knn,
                      "seconds": round(time.perf_counter() - t0, 1)})
         log.info("%s encoder: linear %.4f, kNN %.4f", name, lin["test_acc"], knn)
+    # the linear gain on the same test examples, with a paired bootstrap interval: "clearly better" as a number
+    gain = paired_bootstrap(correct["pretrained"], correct["random"], seed=cfg.train.seed)
     result = {"run_dir": str(run_dir), "num_train": len(train_set), "num_test": len(test_set),
-              "pool": pcfg.pool, "layers": pcfg.layers, "whiten": pcfg.whiten, "results": rows}
+              "pool": pcfg.pool, "layers": pcfg.layers, "whiten": pcfg.whiten, "results": rows,
+              "linear_gain": gain}
     (run_dir / "probe.json").write_text(json.dumps(result, indent=2))
-    table = format_probe_table(rows)
+    table = format_probe_table(rows) + (
+        f"\nlinear, pretrained - random: {gain['diff']:+.4f} ({gain['level']:.0%} paired bootstrap interval "
+        f"{gain['low']:+.4f} to {gain['high']:+.4f}, {len(test_set)} test examples)")
     (run_dir / "probe.txt").write_text(table + "\n")
     return result | {"table": table}

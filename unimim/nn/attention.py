@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# On the CPU, PyTorch's fused (flash) SDPA kernel is slower than its plain matmul-softmax-matmul ("math") kernel at
+# the sequence lengths of the CPU recipes, mostly in the backward: benchmarks/attention_cpu.py measures both.
+CPU_BACKEND = SDPBackend.MATH
 
 
 class Attention(nn.Module):
@@ -50,6 +55,10 @@ class Attention(nn.Module):
             pad = pad.masked_fill(padding_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, T)
             mask = pad if mask is None else mask + pad
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
+        if x.device.type == "cpu":
+            with sdpa_kernel(CPU_BACKEND):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, hd) -> (B, T, D)
         return self.proj_drop(self.proj(out))
