@@ -33,7 +33,7 @@ TUXPAINT := /usr/share/tuxpaint/stamps
 
 help:
 	@echo "make demo   - set up; data2vec on images, text and speech (CPU, ~30 min), each probed vs random weights"
-	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~9 min), WordNet probe"
+	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~10 min), WordNet probe"
 	@echo "make demo-speech - data2vec on recorded speech (tuxpaint stamps, CPU ~9 min), keyword probe vs random"
 	@echo "make demo-beit - BEiT on Fashion-MNIST: train the dVAE tokenizer, then BEiT, then probe (CPU, ~12 min)"
 	@echo "make demo-ibot - iBOT on Fashion-MNIST, then probe (CPU, ~16 min)"

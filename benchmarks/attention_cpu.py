@@ -1,11 +1,12 @@
 """CPU self-attention: PyTorch's fused (flash) SDPA kernel vs its math kernel, forward + backward, and the effect on
 one text data2vec 2.0 training step.
 
-``unimim.nn.attention`` runs SDPA on the CPU with ``CPU_BACKEND`` (the math kernel); this benchmark is the evidence
-for that choice. Part 1 times ``Attention`` (fused qkv, out projection) forward + backward under bf16 autocast for
-the shapes of the CPU recipes and a longer sequence; part 2 times full training steps of
-``recipes/text/data2vec2_text_cpu.yaml`` (student, teacher, decoder, backward, AdamW, EMA) on real blocks with each
-kernel. Ratios are math / flash time in the same process (< 1: math is faster).
+``unimim.nn.attention`` runs SDPA on the CPU with the math kernel for sequences of up to ``CPU_MATH_MAX_TOKENS``
+tokens and with the fused kernel above; this benchmark is the evidence for that threshold. Part 1 times
+``Attention`` (fused qkv, out projection) forward + backward under bf16 autocast for the shapes of the CPU recipes
+and longer sequences; part 2 times full training steps of ``recipes/text/data2vec2_text_cpu.yaml`` (student,
+teacher, decoder, backward, AdamW, EMA) on real blocks with each kernel. Ratios are math / flash time in the same
+process (< 1: math is faster).
 
     python benchmarks/attention_cpu.py            # ~2 min on 2 cores; --no-step skips part 2 (needs make data-text)
 """
@@ -19,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.nn.attention import SDPBackend
 
 import unimim.nn.attention as attention
 from unimim.nn.attention import Attention
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+BACKENDS = {"flash": 0, "math": 1 << 30}  # CPU_MATH_MAX_TOKENS that forces each kernel
 
 
-def time_attention(backend: SDPBackend, B: int, T: int, D: int, H: int, iters: int) -> float:
+def time_attention(math_max: int, B: int, T: int, D: int, H: int, iters: int) -> float:
     """Seconds per forward + backward of Attention on (B, T, D) under bf16 autocast."""
-    attention.CPU_BACKEND = backend
+    attention.CPU_MATH_MAX_TOKENS = math_max
     torch.manual_seed(0)
     attn = Attention(D, H)
     x = torch.randn(B, T, D, requires_grad=True)
@@ -43,13 +43,13 @@ def time_attention(backend: SDPBackend, B: int, T: int, D: int, H: int, iters: i
     return (time.perf_counter() - t0) / iters
 
 
-def time_text_step(backend: SDPBackend, steps: int) -> float:
+def time_text_step(math_max: int, steps: int) -> float:
     """Seconds per training step of the CPU text recipe (data from `make data-text`)."""
     from modalities.text.source import build_pretrain_source, collate
     from unimim.experiment import config_from_dict
     from unimim.registry import build_objective
 
-    attention.CPU_BACKEND = backend
+    attention.CPU_MATH_MAX_TOKENS = math_max
     recipe = ROOT / "recipes/text/data2vec2_text_cpu.yaml"
     cfg = config_from_dict(yaml.safe_load(recipe.read_text()), [])
     torch.manual_seed(0)
@@ -77,10 +77,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--no-step", action="store_true", help="skip the text training-step comparison")
     args = parser.parse_args()
-    default = attention.CPU_BACKEND
+    default = attention.CPU_MATH_MAX_TOKENS
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast, forward + backward")
     print(f"{'shape (B, T, D, H)':<24}{'flash ms':>10}{'math ms':>10}{'math/flash':>12}")
-    for B, T, D, H in ((256, 50, 192, 3), (64, 128, 256, 4), (16, 512, 256, 4), (8, 512, 768, 12)):
+    for B, T, D, H in ((256, 50, 192, 3), (64, 128, 256, 4), (32, 256, 256, 4), (16, 512, 256, 4),
+                       (8, 512, 768, 12)):
         t = {name: time_attention(b, B, T, D, H, args.iters) for name, b in BACKENDS.items()}
         print(f"{str((B, T, D, H)):<24}{t['flash'] * 1e3:>10.1f}{t['math'] * 1e3:>10.1f}"
               f"{t['math'] / t['flash']:>12.2f}")
@@ -88,7 +89,7 @@ def main() -> None:
         t = {name: time_text_step(b, args.steps) for name, b in BACKENDS.items()}
         print(f"text data2vec 2.0 CPU step: flash {t['flash']:.3f} s, math {t['math']:.3f} s, "
               f"math/flash {t['math'] / t['flash']:.2f}")
-    attention.CPU_BACKEND = default
+    attention.CPU_MATH_MAX_TOKENS = default
 
 
 if __name__ == "__main__":

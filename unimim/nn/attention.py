@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# On the CPU, PyTorch's fused (flash) SDPA kernel is slower than its plain matmul-softmax-matmul ("math") kernel at
-# the sequence lengths of the CPU recipes, mostly in the backward: benchmarks/attention_cpu.py measures both.
-CPU_BACKEND = SDPBackend.MATH
+# On the CPU, PyTorch's fused (flash) SDPA kernel is slower than its plain matmul-softmax-matmul ("math") kernel
+# for short sequences, mostly in the backward, and faster for long ones: sequences of up to this many tokens take
+# the math kernel on the CPU (benchmarks/attention_cpu.py measures both; the GPU always gets PyTorch's choice).
+CPU_MATH_MAX_TOKENS = 256
 
 
 class Attention(nn.Module):
@@ -55,8 +56,8 @@ class Attention(nn.Module):
             pad = pad.masked_fill(padding_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, T)
             mask = pad if mask is None else mask + pad
         drop = self.attn_drop if self.training else 0.0
-        if x.device.type == "cpu":
-            with sdpa_kernel(CPU_BACKEND):
+        if x.device.type == "cpu" and T <= CPU_MATH_MAX_TOKENS:
+            with sdpa_kernel(SDPBackend.MATH):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
