@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # On the CPU, PyTorch's fused (flash) SDPA kernel is slower than its plain matmul-softmax-matmul ("math") kernel
 # for short sequences, mostly in the backward, and faster for long ones: sequences of up to this many tokens take
 # the math kernel on the CPU (benchmarks/attention_cpu.py measures both; the GPU always gets PyTorch's choice).
-CPU_MATH_MAX_TOKENS = 256
+CPU_MATH_MAX_TOKENS = 128
 
 
 class Attention(nn.Module):
