@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,10 +58,8 @@ class Attention(nn.Module):
             pad = pad.masked_fill(padding_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, T)
             mask = pad if mask is None else mask + pad
         drop = self.attn_drop if self.training else 0.0
-        if x.device.type == "cpu" and T <= CPU_MATH_MAX_TOKENS:
-            with sdpa_kernel(SDPBackend.MATH):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        short_on_cpu = x.device.type == "cpu" and T <= CPU_MATH_MAX_TOKENS
+        with sdpa_kernel(SDPBackend.MATH) if short_on_cpu else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, hd) -> (B, T, D)
         return self.proj_drop(self.proj(out))
