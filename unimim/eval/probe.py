@@ -126,18 +126,15 @@ def whiten_features(train_x: Tensor, test_x: Tensor, eps: float = 1e-3) -> tuple
 
 
 @torch.no_grad()
-def _accuracy_and_loss(
-    model: nn.Module, x: Tensor, y: Tensor, chunk: int = 65536
-) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` on (N, D) features ``x`` and (N,) labels ``y``."""
-    correct = 0
+def _predict(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 65536) -> tuple[Tensor, float]:
+    """Predicted classes (N,) long and mean cross-entropy of ``model`` on (N, D) features ``x`` and (N,) labels."""
+    preds = []
     loss_sum = 0.0
     for s in range(0, x.shape[0], chunk):
         logits = model(x[s : s + chunk])  # (n, C)
-        yc = y[s : s + chunk]
-        correct += int((logits.argmax(dim=1) == yc).sum())
-        loss_sum += float(F.cross_entropy(logits, yc, reduction="sum"))
-    return correct / x.shape[0], loss_sum / x.shape[0]
+        preds.append(logits.argmax(dim=1))
+        loss_sum += float(F.cross_entropy(logits, y[s : s + chunk], reduction="sum"))
+    return torch.cat(preds), loss_sum / x.shape[0]
 
 
 def linear_probe(
@@ -235,8 +232,10 @@ def linear_probe(
             step += 1
 
     model.eval()
-    train_acc, train_loss = _accuracy_and_loss(model, xtr, ytr)
-    test_acc, test_loss = _accuracy_and_loss(model, xte, yte)
+    train_pred, train_loss = _predict(model, xtr, ytr)
+    test_pred, test_loss = _predict(model, xte, yte)
+    train_acc = int((train_pred == ytr).sum()) / n
+    test_acc = int((test_pred == yte).sum()) / xte.shape[0]
     out = {
         "train_acc": train_acc,
         "test_acc": test_acc,
@@ -245,8 +244,7 @@ def linear_probe(
         "num_classes": float(num_classes),
     }
     if return_predictions:
-        with torch.no_grad():
-            out["test_pred"] = torch.cat([model(xte[s : s + 65536]).argmax(dim=1) for s in range(0, len(xte), 65536)])
+        out["test_pred"] = test_pred
     logger.info(
         "linear probe: train_acc=%.4f test_acc=%.4f (N=%d, M=%d, D=%d, C=%d, %d steps)",
         train_acc, test_acc, n, xte.shape[0], d, num_classes, total_steps,
