@@ -75,8 +75,8 @@ data-speech: install
 	@missing=""; for p in $(SPEECH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(APT_ENSURE)
 	@[ -f $(SPEECH_DATA)/tuxpaint.tsv ] || \
-		$(PY) -m modalities.speech.build_manifest $(TUXPAINT) $(SPEECH_DATA)/tuxpaint.tsv --glob '*_desc_*.ogg'
-	@[ -f $(SPEECH_DATA)/keywords/test.wrd ] || $(PY) -m modalities.speech.synth_keywords $(SPEECH_DATA)/keywords
+		$(PY) -m modalities.speech.data.build_manifest $(TUXPAINT) $(SPEECH_DATA)/tuxpaint.tsv --glob '*_desc_*.ogg'
+	@[ -f $(SPEECH_DATA)/keywords/test.wrd ] || $(PY) -m modalities.speech.data.synth_keywords $(SPEECH_DATA)/keywords
 
 SPEECH_PATHS = data.manifest=$(SPEECH_DATA)/tuxpaint.tsv data.eval_train_manifest=$(SPEECH_DATA)/keywords/train.tsv \
 	data.eval_test_manifest=$(SPEECH_DATA)/keywords/test.tsv
@@ -97,7 +97,7 @@ text-packages:
 
 $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt &:
 	$(MAKE) --no-print-directory text-packages
-	$(PY) -m modalities.text.corpora $(TEXT_DATA)
+	$(PY) -m modalities.text.data.corpora $(TEXT_DATA)
 
 $(TEXT_TOKENIZER): $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt
 	$(VENV)/bin/unimim tokenizer train $@ $^ --vocab-size 8192

@@ -45,9 +45,9 @@ def time_attention(math_max: int, B: int, T: int, D: int, H: int, iters: int) ->
 
 def time_text_step(math_max: int, steps: int) -> float:
     """Seconds per training step of the CPU text recipe (data from `make data-text`)."""
-    from modalities.text.source import build_pretrain_source, collate
-    from unimim.experiment import config_from_dict
-    from unimim.registry import build_objective
+    from modalities.text.data.source import build_pretrain_source, collate
+    from unimim.app.experiment import config_from_dict
+    from unimim.app.registry import build_objective
 
     attention.CPU_MATH_MAX_TOKENS = math_max
     recipe = ROOT / "recipes/text/data2vec2_text_cpu.yaml"

@@ -123,14 +123,14 @@ def recipe_overrides(args: argparse.Namespace, out_dir: str, device: torch.devic
 
 
 def load_cfg(overrides: list[str]) -> Any:
-    from unimim.experiment import load_recipe
+    from unimim.app.experiment import load_recipe
 
     return load_recipe(RECIPE, overrides)
 
 
 def make_batches(cfg: Any, n: int, device: torch.device) -> list[dict[str, Any]]:
     """``n`` batches of the recipe's data pipeline (synthetic source), on ``device``."""
-    from unimim.registry import MODALITIES
+    from unimim.app.registry import MODALITIES
     from unimim.train.data import make_loader
     from unimim.train.loop import to_device
 
@@ -212,7 +212,7 @@ class Row:
 def run_ours(kind: str, args: argparse.Namespace, device: torch.device, batches: list[dict[str, Any]],
              out_dir: str) -> tuple[list[float], list[float], dict[str, Any]]:
     """Our engines through ``train_loop``; returns (step times, losses, info)."""
-    from unimim.registry import build_objective
+    from unimim.app.registry import build_objective
     from unimim.train.engine import SingleProcessEngine
     from unimim.train.loop import train_loop
     from unimim.train.metrics import NullMetrics

@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modalities.image.masking import build_mask_generator  # noqa: E402
-from unimim.experiment import load_recipe  # noqa: E402
+from unimim.app.experiment import load_recipe  # noqa: E402
+from unimim.app.registry import build_objective  # noqa: E402
 from unimim.objectives.base import ObjectiveOutput  # noqa: E402
-from unimim.registry import build_objective  # noqa: E402
 from unimim.train.engine import SingleProcessEngine, resolve_device  # noqa: E402
 from unimim.train.optim import OptimConfig, build_optimizer  # noqa: E402
 

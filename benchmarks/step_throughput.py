@@ -238,8 +238,8 @@ def bench_model(
     flop_count: bool,
     seed: int,
 ) -> RowResult:
-    from unimim.experiment import load_recipe
-    from unimim.registry import build_objective
+    from unimim.app.experiment import load_recipe
+    from unimim.app.registry import build_objective
     from unimim.train.engine import SingleProcessEngine
     from unimim.train.optim import build_optimizer, peak_lr
     from unimim.train.schedules import cosine_with_warmup
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.models:
         batch = vit_batch if key == "vits16" else args.demo_batch_size
         if batch is None:  # the demo at its recipe's batch size
-            from unimim.experiment import load_recipe
+            from unimim.app.experiment import load_recipe
 
             batch = load_recipe(MODELS[key][0], MODELS[key][1]).train.batch_size
         for i, prec in enumerate(args.precision):

@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from modalities.text.data import TokenArray
-from modalities.text.source import build_eval_sets, build_pretrain_source, collate
-from modalities.text.tokenizer import load_tokenizer
+from modalities.text.data.dataset import TokenArray
+from modalities.text.data.source import build_eval_sets, build_pretrain_source, collate
+from modalities.text.data.tokenizer import load_tokenizer
+from unimim.app.experiment import config_from_dict
+from unimim.app.registry import build_objective
 from unimim.eval.probe import knn_accuracy, linear_probe, whiten_features
-from unimim.experiment import config_from_dict
-from unimim.registry import build_objective
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from unimim.train.run import write_config
 

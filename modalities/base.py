@@ -1,20 +1,24 @@
-"""The adapter contract: raw input of one modality -> embedded :class:`Tokens`.
+"""The plugin contract: what a modality and an objective declare so that the composition root (``unimim.app``)
+can build, check and test them without knowing them.
 
-An adapter embeds raw input and knows the geometry of its tokens (how many prefix tokens, how
-positions are encoded); it holds no training logic. Masks are made by the modality's mask
-generator in DataLoader workers and arrive in the batch.
+An adapter embeds raw input and knows the geometry of its tokens (how many prefix tokens, how positions are
+encoded); it holds no training logic. Masks are drawn by the modality's mask generator in DataLoader workers and
+arrive in the :class:`~unimim.core.batch.Batch`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from unimim.nn.encoder import TransformerEncoder
 from unimim.nn.tokens import Tokens
+from unimim.objectives.base import Objective
 
 
 class Adapter(Protocol):
@@ -34,7 +38,7 @@ class Adapter(Protocol):
 
 @dataclass(frozen=True)
 class ModalitySpec:
-    """Everything the core needs to run one modality; one entry of ``unimim.registry.MODALITIES``.
+    """Everything the composition root needs to run one modality; one entry of ``unimim.app.registry.MODALITIES``.
 
     Attributes:
         adapter_config / data_config / mask_config: the dataclasses behind the recipe's ``adapter``, ``data`` and
@@ -42,9 +46,14 @@ class ModalitySpec:
         build_adapter(adapter_cfg, encoder_cfg) -> adapter module.
         build_pretrain_source(data_cfg, mask_cfg, adapter_cfg) -> an ExampleSource (``example(i, rng) -> dict``).
         build_eval_sets(data_cfg, adapter_cfg) -> (train, test) datasets of (inputs, label) for probes.
-        collate: batch collation (None = torch's default).
+        collate: pretraining examples -> :class:`~unimim.core.batch.Batch`; probe items -> (inputs, labels).
+        check(cfg): settings of the whole experiment config that only fail together (e.g. the data's image size
+            against the adapter's), checked when the config loads.
         bind_run_dir(data_cfg, run_dir): keeps run-specific inputs with the run (text: copies the tokenizer into
             the run directory and points the data config at the copy); called before pretraining and probing.
+        tiny: overrides that make any recipe of the modality a seconds-long CPU run (tests, smoke runs).
+        tiny_data(directory) -> overrides pointing the tiny run at small data made or shipped for it (None: the
+            tiny overrides need no files).
     """
 
     adapter_config: type
@@ -52,9 +61,82 @@ class ModalitySpec:
     mask_config: type
     build_adapter: Callable[[Any, Any], nn.Module]
     build_pretrain_source: Callable[[Any, Any, Any], Any]
-    build_eval_sets: Callable[[Any, Any], tuple[Any, Any]]
-    collate: Callable | None = None
+    build_eval_sets: Callable[[Any, Any], tuple[Dataset, Dataset]]
+    collate: Callable[[list[Any]], Any]
+    check: Callable[[Any], None] | None = None
     bind_run_dir: Callable[[Any, Path], None] | None = None
+    tiny: tuple[str, ...] = ()
+    tiny_data: Callable[[Path], list[str]] | None = None
 
 
-__all__ = ["Adapter", "ModalitySpec", "Tokens"]
+def build_vit(cfg: Any, modality: ModalitySpec) -> tuple[nn.Module, TransformerEncoder]:
+    """The modality's adapter and the transformer encoder of an experiment config."""
+    return modality.build_adapter(cfg.adapter, cfg.encoder), TransformerEncoder(cfg.encoder)
+
+
+def vit_objective(cls: Callable[[nn.Module, TransformerEncoder, Any], Objective]) -> Callable[..., Objective]:
+    """The factory of an objective built as ``cls(adapter, encoder, cfg.method)``."""
+
+    def build(cfg: Any, modality: ModalitySpec) -> Objective:
+        adapter, encoder = build_vit(cfg, modality)
+        return cls(adapter, encoder, cfg.method)
+
+    return build
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """One entry of ``unimim.app.registry.OBJECTIVES``: how to build an objective and what it needs.
+
+    Attributes:
+        config: the dataclass behind the recipe's ``method`` section.
+        build(cfg, modality) -> the objective (an ``nn.Module`` with ``forward(batch)`` and ``encode(...)``).
+        modalities: the modalities it runs on.
+        check(cfg): what it needs from the config and so from its batches (e.g. one mask per example, multi-view
+            data), checked when the config loads, not at the first forward.
+        tiny: overrides added to the modality's tiny overrides.
+        tiny_data(directory) -> extra overrides pointing at files a tiny run needs (BEiT: a tokenizer).
+        logs: metric keys every training step logs (besides loss, lr, grad_norm, samples_per_s).
+    """
+
+    config: type
+    build: Callable[[Any, ModalitySpec], nn.Module]
+    modalities: tuple[str, ...]
+    check: Callable[[Any], None] | None = None
+    tiny: tuple[str, ...] = ()
+    tiny_data: Callable[[Path], list[str]] | None = None
+    logs: frozenset[str] = field(default_factory=frozenset)
+
+
+def require(condition: bool, message: str) -> None:
+    """A config check: ``ValueError(message)`` unless ``condition``."""
+    if not condition:
+        raise ValueError(message)
+
+
+def one_mask_per_example(name: str) -> Callable[[Any], None]:
+    """The check of objectives that take one mask per example and one view."""
+
+    def check(cfg: Any) -> None:
+        require(cfg.masking.num_masks == 1, f"{name} takes one mask per example: set masking.num_masks: 1 "
+                                            f"(got {cfg.masking.num_masks})")
+        views = getattr(cfg.data, "views", None)
+        require(views is None or not views.enabled, f"{name} takes one view per example: data.views.enabled "
+                                                    "is for multi-view objectives (ibot)")
+
+    return check
+
+
+def all_checks(*checks: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """One check running ``checks`` in order."""
+
+    def check(cfg: Any) -> None:
+        for c in checks:
+            if c is not None:
+                c(cfg)
+
+    return check
+
+
+__all__ = ["Adapter", "ModalitySpec", "ObjectiveSpec", "Tokens", "all_checks", "build_vit", "one_mask_per_example",
+           "require", "vit_objective", "Sequence"]

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unimim.app.experiment import config_from_dict, load_recipe
 from unimim.config import ConfigError, to_dict
-from unimim.experiment import config_from_dict, load_recipe
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml"))
 

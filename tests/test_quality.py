@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from unimim.eval.run import probe_run
-from unimim.experiment import load_recipe
-from unimim.train.run import pretrain
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
+from unimim.app.probe import probe_run
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import numpy as np
+
+from unimim.core.masking import MaskGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +79,6 @@ class ImageMaskConfig:
             raise ValueError(f"masking.num_masks must be >= 1, got {self.num_masks}")
 
 
-@runtime_checkable
-class MaskGenerator(Protocol):
-    """Draws one patch mask per call.
-
-    ``__call__(rng)`` returns a bool array of shape ``(num_patches,)`` = ``(H * W,)``, row-major,
-    ``True`` = masked; it consumes randomness only from ``rng``.
-    """
-
-    @property
-    def num_patches(self) -> int:
-        """Number of patches ``H * W`` (length of every mask)."""
-        ...
-
-    def __call__(self, rng: np.random.Generator) -> np.ndarray: ...
-
-
 def _check_grid(grid: tuple[int, int]) -> tuple[int, int]:
     """Validate a ``(H, W)`` patch grid and return it as a tuple of ints."""
     if len(grid) != 2:
@@ -120,6 +106,13 @@ class _GridGenerator:
     def num_patches(self) -> int:
         """Number of patches ``H * W``."""
         return self.grid[0] * self.grid[1]
+
+    def _check_call(self, num_tokens: int | None, maskable: np.ndarray | None) -> None:
+        if num_tokens is not None and num_tokens != self.num_patches:
+            raise ValueError(f"{type(self).__name__} masks a {self.grid} grid of {self.num_patches} patches, "
+                             f"asked for {num_tokens}")
+        if maskable is not None:
+            raise ValueError("image masks cover every patch; maskable must be None")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -211,8 +204,10 @@ class BlockMaskGenerator(_GridGenerator):
                 break
         return added
 
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one mask. Returns bool ``(H*W,)``, row-major, ``True`` = masked."""
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray:
+        """Draw one mask. Returns bool ``(H*W,)``, row-major, ``True`` = masked (the ``MaskGenerator`` protocol)."""
+        self._check_call(num_tokens, maskable)
         mask = np.zeros(self.grid, dtype=bool)  # (H, W)
         count = 0
         while count < self.num_masked:
@@ -249,8 +244,10 @@ class RandomMaskGenerator(_GridGenerator):
         """Exact number of masked patches of every mask."""
         return self.num_patches - self.num_keep
 
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one mask. Returns bool ``(H*W,)``, row-major, ``True`` = masked."""
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray:
+        """Draw one mask. Returns bool ``(H*W,)``, row-major, ``True`` = masked (the ``MaskGenerator`` protocol)."""
+        self._check_call(num_tokens, maskable)
         noise = rng.random(self.num_patches)  # (N,)
         order = np.argsort(noise, kind="stable")  # (N,) small noise = keep
         mask = np.ones(self.num_patches, dtype=bool)
@@ -306,8 +303,10 @@ class InverseBlockMaskGenerator(_GridGenerator):
         """Exact number of masked patches of every mask."""
         return self.num_patches - self.num_visible
 
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one mask. Returns bool ``(H*W,)``, row-major, ``True`` = masked."""
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray:
+        """Draw one mask. Returns bool ``(H*W,)``, row-major, ``True`` = masked (the ``MaskGenerator`` protocol)."""
+        self._check_call(num_tokens, maskable)
         height, width = self.grid
         n = self.num_patches
         keep = np.zeros(self.grid, dtype=bool)  # (H, W), True = visible
@@ -369,8 +368,10 @@ class SimMIMMaskGenerator(_GridGenerator):
         """Exact number of masked patches of every mask."""
         return self.num_cells_masked * self.scale**2
 
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one mask. Returns bool ``(P*P,)``, row-major, ``True`` = masked."""
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray:
+        """Draw one mask. Returns bool ``(P*P,)``, row-major, ``True`` = masked (the ``MaskGenerator`` protocol)."""
+        self._check_call(num_tokens, maskable)
         cells = self.coarse_side**2
         coarse = np.zeros(cells, dtype=bool)  # (R*R,)
         coarse[rng.permutation(cells)[: self.num_cells_masked]] = True

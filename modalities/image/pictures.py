@@ -22,9 +22,10 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch import Tensor
 
-from modalities.image.data import eval_transform
+from modalities.image.data.dataset import eval_transform
 from modalities.image.masking import build_mask_generator
 from modalities.image.objectives.simmim import pixel_mask
+from unimim.core.masking import draw_masks
 
 log = logging.getLogger(__name__)
 
@@ -105,36 +106,24 @@ def save_png(image: Image.Image, path: Path) -> None:
             os.unlink(tmp)
 
 
-def reconstruct_run(
-    run_dir: str | Path, *, images: Sequence[str] = (), num: int = 8, out: str | Path | None = None, seed: int = 0,
-    scale: int = 4,
-) -> Path:
-    """Load a MAE / SimMIM run, mask ``images`` (files) or the first ``num`` test images with the run's own mask
-    generator (seeded), and write the picture (default ``RUN_DIR/reconstruction.png``). Returns its path."""
-    from unimim.eval.run import load_pretrained, load_run_config
-    from unimim.registry import MODALITIES
+def test_images(cfg: Any, *, images: Sequence[str] = (), num: int = 8) -> Tensor:
+    """``images`` (files) or the first ``num`` test images of an image experiment config: (B, C, S, S)."""
+    from modalities.image.data.source import build_eval_sets
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    if cfg.modality != "image" or cfg.objective not in ("mae", "simmim"):
-        raise ValueError(f"run {run_dir} is {cfg.modality}/{cfg.objective}; pictures need an image pixel objective "
-                         "(mae or simmim)")
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
-    model = load_pretrained(run_dir, cfg, torch.device("cpu"))
     if images:
-        batch = load_images(images, cfg.data)
-    else:
-        _, test_set = MODALITIES[cfg.modality].build_eval_sets(cfg.data, cfg.adapter)
-        batch = torch.stack([test_set[i][0] for i in range(min(num, len(test_set)))])
+        return load_images(images, cfg.data)
+    _, test_set = build_eval_sets(cfg.data, cfg.adapter)
+    return torch.stack([test_set[i][0] for i in range(min(num, len(test_set)))])
+
+
+def reconstruction_picture(model: Any, cfg: Any, batch: Tensor, *, seed: int = 0, scale: int = 4) -> Image.Image:
+    """Mask ``batch`` (B, C, S, S) with the run's own mask generator (seeded) and draw the four panels per image."""
     gen = build_mask_generator(cfg.masking, cfg.adapter.grid, patch_size=cfg.adapter.patch_size,
                                image_size=cfg.adapter.image_size)
     rng = np.random.default_rng(seed)
-    mask = torch.from_numpy(np.stack([gen(rng) for _ in range(batch.shape[0])]))  # (B, N)
+    mask = torch.from_numpy(draw_masks(gen, rng, batch.shape[0]))  # (B, N): one mask per image
     panels = reconstruction_panels(model, batch, mask)
     mean, std = cfg.data.channel_stats()
-    path = Path(out) if out is not None else run_dir / "reconstruction.png"
-    save_png(grid_image(panels, mean, std, scale=scale), path)
-    if cfg.objective == "mae" and cfg.method.norm_pix_loss:
-        log.info("norm_pix_loss: masked patches are shown with the original patches' mean and std")
-    return path
+    return grid_image(panels, mean, std, scale=scale)

@@ -2,10 +2,11 @@
 manifests (fairseq TSV) and a synthesised keyword set for probing."""
 
 from modalities.base import ModalitySpec
-from modalities.speech.adapter import SpeechAdapter, SpeechAdapterConfig
-from modalities.speech.data import SpeechDataConfig
+from modalities.speech.data.dataset import SpeechDataConfig
+from modalities.speech.data.source import build_eval_sets, build_pretrain_source, check_experiment, collate
+from modalities.speech.data.tiny import tiny_data
 from modalities.speech.masking import SpeechMaskConfig
-from modalities.speech.source import build_eval_sets, build_pretrain_source, collate
+from modalities.speech.model.adapter import SpeechAdapter, SpeechAdapterConfig
 
 SPEECH = ModalitySpec(
     adapter_config=SpeechAdapterConfig,
@@ -15,4 +16,13 @@ SPEECH = ModalitySpec(
     build_pretrain_source=build_pretrain_source,
     build_eval_sets=build_eval_sets,
     collate=collate,
+    check=check_experiment,
+    tiny=(
+        "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2",
+        "adapter.conv_layers=[[16,10,5],[16,3,2],[16,3,2],[32,2,2]]", "adapter.pos_conv_depth=2",
+        "adapter.pos_conv_kernel=5", "adapter.pos_conv_groups=4", "data.min_samples=4000", "data.max_samples=16000",
+        "data.eval_clip_samples=12000", "train.batch_size=4", "train.steps=3", "train.num_workers=0",
+        "train.log_every=1", "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+    ),
+    tiny_data=tiny_data,
 )

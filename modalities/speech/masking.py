@@ -86,23 +86,22 @@ def block_mask(n: int, rng: np.random.Generator, *, prob: float, length: int, ad
 
 
 class SpeechMaskGenerator:
-    """``gen(n, rng)`` -> (n,) bool, or (R, n) with ``num_masks`` R > 1."""
+    """One frame mask of an utterance (the ``MaskGenerator`` protocol): ``gen(rng, n) -> (n,) bool``."""
 
     def __init__(self, cfg: SpeechMaskConfig) -> None:
         self.cfg = cfg
 
-    def one(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray:
+        n = num_tokens
+        if n is None or maskable is not None:
+            raise ValueError("speech masks are drawn on an utterance's own frames: pass num_tokens, no maskable")
+        if n < 2:
+            raise ValueError(f"cannot mask a row of {n} frame(s)")
         c = self.cfg
         if c.kind == "span":
             return span_mask(n, rng, prob=c.prob, length=c.length, min_masks=c.min_masks)
         return block_mask(n, rng, prob=c.prob, length=c.length, adjust=c.adjust)
-
-    def __call__(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        if n < 2:
-            raise ValueError(f"cannot mask a row of {n} frame(s)")
-        if self.cfg.num_masks == 1:
-            return self.one(n, rng)
-        return np.stack([self.one(n, rng) for _ in range(self.cfg.num_masks)])  # (R, n)
 
 
 def equalise_counts(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:

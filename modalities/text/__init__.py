@@ -2,10 +2,11 @@
 masking, the RoBERTa-style embedding adapter and the WordNet-category probe."""
 
 from modalities.base import ModalitySpec
-from modalities.text.adapter import TextAdapter, TextAdapterConfig
-from modalities.text.data import TextDataConfig
+from modalities.text.data.dataset import TextDataConfig
+from modalities.text.data.source import bind_run_dir, build_eval_sets, build_pretrain_source, check_experiment, collate
+from modalities.text.data.tiny import tiny_data
 from modalities.text.masking import TextMaskConfig
-from modalities.text.source import bind_run_dir, build_eval_sets, build_pretrain_source, collate
+from modalities.text.model.adapter import TextAdapter, TextAdapterConfig
 
 TEXT = ModalitySpec(
     adapter_config=TextAdapterConfig,
@@ -15,5 +16,15 @@ TEXT = ModalitySpec(
     build_pretrain_source=build_pretrain_source,
     build_eval_sets=build_eval_sets,
     collate=collate,
+    check=check_experiment,
     bind_run_dir=bind_run_dir,
+    tiny=(
+        "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2",
+        "adapter.vocab_size=300", "adapter.max_positions=32", "masking.num_masks=2",
+        "data.block_size=32", "data.probe_max_tokens=16", "data.cache_dir=null", "data.probe_test_fraction=0.3",
+        "train.batch_size=4", "train.steps=3", "train.num_workers=0", "train.log_every=1",
+        "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+        "probe.epochs=5",
+    ),
+    tiny_data=tiny_data,
 )

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from modalities.text.tokenizer import MASK_ID, NUM_SPECIAL
+from modalities.text.data.tokenizer import MASK_ID, NUM_SPECIAL
 
 
 @dataclass
@@ -55,34 +55,65 @@ class TextMaskConfig:
             raise ValueError(f"masking.num_masks must be >= 1, got {self.num_masks}")
 
 
+class TextMaskGenerator:
+    """The token mask of one sequence (the ``MaskGenerator`` protocol): ``gen(rng, n, maskable) -> (n,) bool``;
+    ``maskable`` (n,) bool marks the non-special tokens (``None``: all)."""
+
+    def __init__(self, cfg: TextMaskConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray:
+        if num_tokens is None:
+            raise ValueError("text masks are drawn on a sequence's own tokens: pass num_tokens")
+        cfg = self.cfg
+        mask = np.zeros(num_tokens, dtype=bool)
+        candidates = np.arange(num_tokens) if maskable is None else np.flatnonzero(maskable)  # selectable positions
+        n = len(candidates)
+        if n == 0:
+            return mask
+        if cfg.kind == "random":
+            mask[rng.choice(candidates, min(n, int(cfg.prob * num_tokens)), replace=False)] = True
+            return mask
+        num = int(cfg.prob * n / cfg.span_length + rng.random())
+        num = min(num, n)
+        starts = rng.choice(n, num, replace=False)
+        picked = (starts[:, None] + np.arange(cfg.span_length)).ravel()  # (num * span,) indices into `candidates`
+        picked = np.unique(picked[picked < n])
+        mask[candidates[picked]] = True
+        return mask
+
+
 class TextMasker:
-    """``masker(ids, rng) -> (mask (N,) bool, student ids (N,) int64)`` for one sequence of token ids."""
+    """Mask and corruption of one sequence of token ids: ``masker(ids, rng) -> (mask (N,) bool, student ids (N,)
+    int64)``. The mask comes from :class:`TextMaskGenerator`; :meth:`corrupt` applies BERT's 80/10/10 to the
+    selected tokens (``bert``; ``random`` leaves the ids as they are)."""
 
     def __init__(self, cfg: TextMaskConfig, vocab_size: int) -> None:
         if vocab_size <= NUM_SPECIAL:
             raise ValueError(f"vocab_size {vocab_size} leaves no non-special token to draw")
         self.cfg = cfg
         self.vocab_size = vocab_size
+        self.generator = TextMaskGenerator(cfg)
 
-    def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def corrupts(self) -> bool:
+        return self.cfg.kind == "bert"
+
+    @staticmethod
+    def maskable(ids: np.ndarray) -> np.ndarray:
+        """(N,) bool: the tokens that may be selected (special and padding tokens never are)."""
+        return np.asarray(ids) >= NUM_SPECIAL
+
+    def corrupt(self, ids: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The student's ids: selected tokens become ``<mask>``, a random token or stay (``bert``)."""
+        student = np.asarray(ids, dtype=np.int64).copy()
+        if not self.corrupts:
+            return student
+        sel = np.flatnonzero(mask)
+        if len(sel) == 0:
+            return student
         cfg = self.cfg
-        ids = np.asarray(ids, dtype=np.int64)
-        maskable = np.flatnonzero(ids >= NUM_SPECIAL)  # positions that may be selected
-        n = len(maskable)
-        mask = np.zeros(len(ids), dtype=bool)
-        student = ids.copy()
-        if n == 0:
-            return mask, student
-        if cfg.kind == "random":
-            mask[rng.choice(maskable, min(n, int(cfg.prob * len(ids))), replace=False)] = True
-            return mask, student
-        num = int(cfg.prob * n / cfg.span_length + rng.random())
-        num = min(num, n)
-        starts = rng.choice(n, num, replace=False)
-        picked = (starts[:, None] + np.arange(cfg.span_length)).ravel()  # (num * span,) indices into `maskable`
-        picked = np.unique(picked[picked < n])
-        sel = maskable[picked]
-        mask[sel] = True
         other = cfg.random_token_prob + cfg.leave_unmasked_prob
         if other > 0:
             rand_or_keep = rng.random(len(sel)) < other
@@ -92,4 +123,9 @@ class TextMasker:
             student[sel[rand]] = rng.integers(NUM_SPECIAL, self.vocab_size, int(rand.sum()))
         else:
             student[sel] = MASK_ID
-        return mask, student
+        return student
+
+    def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        mask = self.generator(rng, len(ids), self.maskable(ids))
+        return mask, self.corrupt(ids, mask, rng)

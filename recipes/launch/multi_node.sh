@@ -34,5 +34,5 @@ ds_args=(deepspeed.enabled=true)
 launch=(--hostfile "$hostfile" --master_addr "$addr" --master_port "$port")
 [ -n "$node_rank" ] && launch+=(--no_ssh --node_rank "$node_rank")
 
-exec "$PYTHON" -m deepspeed.launcher.runner "${launch[@]}" --no_local_rank --module unimim.cli \
+exec "$PYTHON" -m deepspeed.launcher.runner "${launch[@]}" --no_local_rank --module unimim.app.cli \
   pretrain "$recipe" "${ds_args[@]}" "$@"

@@ -28,5 +28,5 @@ launch=(--master_addr 127.0.0.1 --master_port "$port")
 [ -n "$nproc" ] && launch+=(--num_gpus "$nproc")
 
 # --no_local_rank: each process reads LOCAL_RANK from its environment
-exec "$PYTHON" -m deepspeed.launcher.runner "${launch[@]}" --no_local_rank --module unimim.cli \
+exec "$PYTHON" -m deepspeed.launcher.runner "${launch[@]}" --no_local_rank --module unimim.app.cli \
   pretrain "$recipe" "${ds_args[@]}" "$@"

@@ -65,7 +65,7 @@ def test_teacher_is_frozen_fp32_eval_and_untouched_by_backward():
     assert not teacher.module.training
     snapshot = {k: v.clone() for k, v in teacher.state_dict().items()}
     x = torch.randn(8, 3)
-    out = student(x.bfloat16()).float().sum() + teacher(x).sum()  # teacher output joins the graph
+    out = student(x.bfloat16()).float().sum() + teacher.module(x).sum()  # teacher output joins the graph
     out.backward()
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     opt.step()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from unimim.core.masking import MaskInfo, gather_tokens, prepend_unmasked
@@ -14,7 +15,7 @@ def test_mask_info_round_trip():
     masked = torch.stack([x[b][mask[b]] for b in range(4)])
     restored = gather_tokens(torch.cat([visible, masked], dim=1), info.ids_restore)
     assert torch.equal(restored, x)
-    assert info.num_masked == 24
+    assert int(info.mask.sum()) == 24
 
 
 def test_unequal_counts_have_no_ids_keep():
@@ -35,3 +36,32 @@ def test_rejects_non_bool():
 
     with pytest.raises(ValueError, match="bool"):
         MaskInfo.from_mask(torch.zeros(2, 3))
+
+
+def test_draw_masks_draws_r_masks_one_after_another_from_the_generator():
+    import numpy as np
+
+    from unimim.core.masking import MaskGenerator, draw_masks
+
+    class Counting:
+        """Masks the first k tokens, k = 1, 2, ... per call; records the arguments it was called with."""
+
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, rng, num_tokens=None, maskable=None):
+            self.calls.append((num_tokens, maskable))
+            out = np.zeros(num_tokens, dtype=bool)
+            out[: len(self.calls)] = True
+            return out & (True if maskable is None else maskable)
+
+    gen = Counting()
+    assert isinstance(gen, MaskGenerator)
+    maskable = np.array([True, True, False, True, True])
+    masks = draw_masks(gen, np.random.default_rng(0), 3, 5, maskable)
+    assert masks.shape == (3, 5) and masks.dtype == bool
+    assert masks.tolist() == [[True, False, False, False, False], [True, True, False, False, False],
+                              [True, True, False, False, False]]
+    assert [c[0] for c in gen.calls] == [5, 5, 5]
+    with pytest.raises(ValueError, match="num_masks"):
+        draw_masks(gen, np.random.default_rng(0), 0, 5)

@@ -1,20 +1,24 @@
 import pytest
 import torch
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
+from unimim.core.batch import Batch
 from unimim.core.ema import EMAConfig
 from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
 from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
+from unimim.objectives.data2vec2 import Data2Vec2, Data2Vec2Config
 
 
 def make(mode="v1", **kw):
+    """data2vec 1.0 (``v1``) or 2.0 (``v2``) on a tiny image adapter."""
     torch.manual_seed(0)
     enc = EncoderConfig(dim=32, depth=3, num_heads=2)
     adapter = ImageAdapter(ImageAdapterConfig(image_size=16, patch_size=4, in_chans=1), dim=32, num_heads=2)
-    cfg = Data2VecConfig(mode=mode, top_k=2, mask_noise_std=0.0,
-                         decoder=DecoderConfig(dim=32, layers=2, kernel=3, groups=4), **kw)
-    return Data2Vec(adapter, TransformerEncoder(enc), cfg).eval()
+    if mode == "v1":
+        return Data2Vec(adapter, TransformerEncoder(enc), Data2VecConfig(top_k=2, **kw)).eval()
+    cfg = Data2Vec2Config(top_k=2, mask_noise_std=0.0, decoder=DecoderConfig(dim=32, layers=2, kernel=3, groups=4), **kw)
+    return Data2Vec2(adapter, TransformerEncoder(enc), cfg).eval()
 
 
 def exact_mask(b, n=16, m=10, seed=0):
@@ -33,7 +37,7 @@ def test_student_never_sees_masked_content(mode):
         for i in mask[b].nonzero().flatten().tolist():
             r, c = divmod(i, 4)
             x2[b, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(1, 4, 4) * 10
-    student = model.student_v2 if mode == "v2" else model.student_v1
+    student = model.student
     a, cls_a, _ = student(x, mask, None)
     b_, cls_b, _ = student(x2, mask, None)
     torch.testing.assert_close(a, b_)
@@ -46,14 +50,14 @@ def test_multi_mask_loss_is_the_mean_over_masks(mode):
     model = make(mode)
     x = torch.randn(3, 1, 16, 16)
     masks = torch.stack([exact_mask(3, seed=s) for s in range(4)], dim=1)  # (B, R, N)
-    joint = model({"inputs": x, "mask": masks}).loss
-    single = torch.stack([model({"inputs": x, "mask": masks[:, r]}).loss for r in range(4)])
+    joint = model(Batch(inputs=x, mask=masks)).loss
+    single = torch.stack([model(Batch(inputs=x, mask=masks[:, r])).loss for r in range(4)])
     torch.testing.assert_close(joint, single.mean(), atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_reach_the_student_only():
     model = make("v1").train()
-    model({"inputs": torch.randn(2, 1, 16, 16), "mask": exact_mask(2)}).loss.backward()
+    model(Batch(inputs=torch.randn(2, 1, 16, 16), mask=exact_mask(2))).loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "mask_token" not in n)
     assert all(p.grad is None for p in model.teacher.module.parameters())
     assert not model.teacher.module.training
@@ -64,7 +68,7 @@ def test_v2_needs_equal_mask_counts():
     mask = exact_mask(2)
     mask[0, mask[0].nonzero()[0]] = False  # row 0 now masks one fewer
     with pytest.raises(ValueError, match="same number of masked tokens"):
-        model({"inputs": torch.randn(2, 1, 16, 16), "mask": mask})
+        model(Batch(inputs=torch.randn(2, 1, 16, 16), mask=mask))
 
 
 def test_teacher_update_and_checkpoint_state():
@@ -111,7 +115,7 @@ def test_fill_masked_and_decoder_shapes():
 def test_two_layer_text_style_head():
     model = make("v1", head_layers=2)
     assert [m.out_features for m in model.head if hasattr(m, "out_features")] == [64, 32]
-    out = model({"inputs": torch.randn(2, 1, 16, 16), "mask": exact_mask(2)})
+    out = model(Batch(inputs=torch.randn(2, 1, 16, 16), mask=exact_mask(2)))
     assert torch.isfinite(out.loss)
 
 
@@ -119,10 +123,10 @@ def test_two_layer_text_style_head():
 def test_cls_loss_adds_weighted_regression_to_the_mean_target(mode):
     with torch.no_grad():
         x, mask = torch.randn(2, 1, 16, 16), exact_mask(2)
-        plain = make(mode)({"inputs": x, "mask": mask})
+        plain = make(mode)(Batch(inputs=x, mask=mask))
         model = make(mode, cls_loss_weight=2.5)
-        out = model({"inputs": x, "mask": mask})
-        _, cls, _ = (model.student_v2 if mode == "v2" else model.student_v1)(x, mask, None)
+        out = model(Batch(inputs=x, mask=mask))
+        _, cls, _ = model.student(x, mask, None)
         y = model.targets(x, None)  # (B, N, D)
         per_elem = torch.nn.functional.smooth_l1_loss(cls, y.mean(1), beta=2.0, reduction="none")  # (B, D)
         expected = per_elem.sum(-1).mean() / 32  # scale 1/D (inv_dim), mean over rows

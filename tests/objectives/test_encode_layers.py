@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
 from unimim.objectives.base import Objective, resolve_layers
 
@@ -17,7 +17,7 @@ def make(final_norm: bool) -> Objective:
 
 def by_hand(model: Objective, x: torch.Tensor) -> list[torch.Tensor]:
     """Block outputs computed block by block, independently of TransformerEncoder.forward."""
-    tokens = model.embed(x)
+    tokens = model.adapter.embed(x)
     h, outs = tokens.x, []
     for block in model.encoder.blocks:
         h, _ = block(h, tokens.padding_mask, tokens.attn_bias)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
+from unimim.app.experiment import load_recipe
 from unimim.config import ConfigError
-from unimim.experiment import load_recipe
 from unimim.train.ds_engine import build_ds_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,8 +88,9 @@ def test_bad_deepspeed_section_values_are_config_errors():
 
 
 def test_cli_deepspeed_argument_enables_the_engine(monkeypatch):
+    import unimim.app.pretrain as app_pretrain
     import unimim.train.run as run_mod
-    from unimim.cli import main
+    from unimim.app.cli import main
 
     seen = {}
 
@@ -97,7 +98,7 @@ def test_cli_deepspeed_argument_enables_the_engine(monkeypatch):
         seen["cfg"] = cfg
         return run_mod.PretrainResult(run_dir=cfg.run_dir, losses=[], start_step=0)
 
-    monkeypatch.setattr(run_mod, "pretrain", fake_pretrain)
+    monkeypatch.setattr(app_pretrain, "pretrain", fake_pretrain)
     zero3 = str(ROOT / "recipes/deepspeed/zero3.json")
     # --local_rank (passed by launchers that do not set LOCAL_RANK) is accepted and ignored
     assert main(["--local_rank=1", "pretrain", str(RECIPE), "--deepspeed", zero3, "deepspeed.zero_stage=3"]) == 0
@@ -108,7 +109,7 @@ def test_cli_deepspeed_argument_enables_the_engine(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU accelerator's refusal of fp16")
 def test_fp16_on_the_cpu_accelerator_fails_before_start_up(tmp_path, monkeypatch):
-    from unimim.train.run import pretrain
+    from unimim.app.pretrain import pretrain
 
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     with pytest.raises(ValueError, match="fp16 training is not supported by DeepSpeed's cpu accelerator"):
@@ -120,8 +121,8 @@ def test_fp16_on_the_cpu_accelerator_fails_before_start_up(tmp_path, monkeypatch
 def test_stop_after_then_resume_continues_the_same_trajectory(tmp_path):
     """train.stop_after ends an invocation early (a time-limited job slice); the next one resumes on the same
     trajectory as an uninterrupted run (the schedule spans train.steps in both)."""
+    from unimim.app.pretrain import pretrain
     from unimim.train.metrics import read_metrics
-    from unimim.train.run import pretrain
 
     common = tiny_overrides("image", "data2vec") + ["train.steps=3", "train.precision=fp32", "train.checkpoint_every=1"]
     straight = pretrain(load_recipe(RECIPE, common + [f"train.out_dir={tmp_path / 'a'}"]), progress=False)
@@ -141,8 +142,8 @@ from deepspeed.runtime import torch_autocast
 _enabled = torch.is_autocast_enabled
 torch_autocast.torch.is_autocast_enabled = lambda *a: _enabled(*a) if a else _enabled("cpu")
 from tests.conftest import tiny_overrides
-from unimim.experiment import load_recipe
-from unimim.train.run import pretrain
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
 over = tiny_overrides("image", "data2vec") + ["deepspeed.enabled=true", "train.precision=bf16", "train.steps=2",
                                               "train.out_dir=" + sys.argv[1]]
 result = pretrain(load_recipe(sys.argv[2], over), progress=False)

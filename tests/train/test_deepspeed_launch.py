@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
-from unimim.experiment import load_recipe
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
 from unimim.train.checkpoint import load_checkpoint
 from unimim.train.metrics import read_metrics
-from unimim.train.run import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes/image/data2vec_fmnist_cpu.yaml"
@@ -187,7 +187,7 @@ def test_zero3_stop_and_resume_matches_one_process(tmp_path, jobs, reference):
     assert_matches_reference(tmp_path / "d2v_fmnist", reference)
 
     # evaluation reads the export like any single-process run
-    from unimim.eval.run import load_pretrained, load_run_config
+    from unimim.app.probe import load_pretrained, load_run_config
 
     run_dir = tmp_path / "d2v_fmnist"
     model = load_pretrained(run_dir, load_run_config(run_dir), torch.device("cpu"))

@@ -29,7 +29,7 @@ def test_lr_scaling_rule():
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens():
-    from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
+    from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
     from unimim.nn.encoder import EncoderConfig, TransformerEncoder
     from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
 

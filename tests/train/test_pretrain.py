@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import unimim.train.run as run_mod
-from tests.conftest import OBJECTIVE_LOGS, tiny_overrides
+from tests.conftest import objective_logs, tiny_overrides
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
 from unimim.core.collapse import CollapseError
-from unimim.experiment import load_recipe
 from unimim.train.checkpoint import load_checkpoint
 from unimim.train.loop import NonFiniteLossError
 from unimim.train.metrics import read_metrics
-from unimim.train.run import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(ROOT.joinpath("recipes").rglob("*.yaml"))
@@ -34,7 +34,7 @@ def test_every_recipe_smoke(recipe, tmp_path):
     assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
     rows = read_metrics(result.run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert {"loss", "lr", "grad_norm", "samples_per_s"} | OBJECTIVE_LOGS[cfg.objective] <= rows[0].keys()
+    assert {"loss", "lr", "grad_norm", "samples_per_s"} | objective_logs(cfg.objective) <= rows[0].keys()
     assert (result.run_dir / "config.yaml").is_file()
     ckpt = load_checkpoint(result.run_dir / "checkpoint.pt")
     assert ckpt["step"] == 3 and ckpt["config"]["name"] == cfg.name
@@ -126,7 +126,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_probe_on_a_tiny_run(tmp_path):
-    from unimim.eval.run import probe_run
+    from unimim.app.probe import probe_run
 
     cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "probe.epochs=5", "probe.knn_k=3")
     pretrain(cfg, progress=False)

@@ -82,10 +82,6 @@ class EMATeacher:
         self._copied = {n for n in names if any(n.startswith(p) for p in cfg.copy)}
         self._pairs: tuple[int, list, list, list, list, list] | None = None  # cached per student module
 
-    def __call__(self, *args, **kwargs):
-        with torch.no_grad():
-            return self.module(*args, **kwargs)
-
     @torch.no_grad()
     def update(self, student: nn.Module, step: int) -> float:
         """Average ``student`` into the teacher with tau = schedule(step); return tau.

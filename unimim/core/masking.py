@@ -1,15 +1,40 @@
-"""Mask bookkeeping shared by student, loss and decoder.
+"""Masks: the generator protocol every modality follows, R masks per example, and the bookkeeping shared by
+student, loss and decoder.
 
-A mask is built once per sample (in DataLoader workers, by a modality's mask generator) and turned
-into a :class:`MaskInfo` once per batch; everything downstream reads the same object.
+A mask is drawn once per example (in DataLoader workers, by a modality's :class:`MaskGenerator`; :func:`draw_masks`
+draws R of them) and turned into a :class:`MaskInfo` once per batch; everything downstream reads the same object.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+@runtime_checkable
+class MaskGenerator(Protocol):
+    """Draws one mask of an example: ``gen(rng, num_tokens=None, maskable=None) -> (N,) bool``, ``True`` = masked.
+
+    ``num_tokens`` is the example's token count (speech frames, text tokens); ``None`` takes the generator's own
+    fixed count (an image's patch grid). ``maskable`` (N,) bool marks the positions that may be masked (``None``:
+    all; text excludes special tokens). Every draw consumes randomness only from ``rng``, so a mask is a pure
+    function of the per-example seed.
+    """
+
+    def __call__(self, rng: np.random.Generator, num_tokens: int | None = None,
+                 maskable: np.ndarray | None = None) -> np.ndarray: ...
+
+
+def draw_masks(generator: MaskGenerator, rng: np.random.Generator, num_masks: int, num_tokens: int | None = None,
+               maskable: np.ndarray | None = None) -> np.ndarray:
+    """R = ``num_masks`` independent masks of one example, drawn one after another from ``rng``: (R, N) bool."""
+    if num_masks < 1:
+        raise ValueError(f"num_masks must be >= 1, got {num_masks}")
+    return np.stack([generator(rng, num_tokens, maskable) for _ in range(num_masks)])  # R x (N,) -> (R, N)
 
 
 @dataclass
@@ -41,10 +66,6 @@ class MaskInfo:
         if mask.shape[0] > 0 and bool((keep_counts == keep_counts[0]).all()):
             ids_keep = ids_shuffle[:, : int(keep_counts[0])]  # (B, T_keep)
         return cls(mask=mask, ids_keep=ids_keep, ids_restore=ids_restore)
-
-    @property
-    def num_masked(self) -> int:
-        return int(self.mask.sum())
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:

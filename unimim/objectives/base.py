@@ -1,4 +1,6 @@
-"""The objective contract: a batch in, a loss and detached logs out. No backward, no optimizer inside."""
+"""The objective contract: a :class:`~unimim.core.batch.Batch` in, a loss and detached logs out (no backward, no
+optimizer inside); ``encode(inputs, padding_mask=None, layers=None) -> (B, T, D)`` for evaluation, which is all
+that probes, fine-tuning and export use of an objective."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from unimim.nn.encoder import TransformerEncoder
-from unimim.nn.tokens import Tokens
 
 
 @dataclass
@@ -21,10 +22,10 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module):
-    """Base of every pretraining objective: a student backbone = modality adapter + transformer encoder.
+    """Base of the pretraining objectives: a student backbone = modality adapter + transformer encoder.
 
-    Subclasses implement ``forward(batch) -> ObjectiveOutput``; ``batch`` holds ``inputs`` (raw modality input),
-    ``mask`` (B, N) bool (True = masked) and optionally ``padding_mask`` (input-level, True = padding).
+    Subclasses implement ``forward(batch: Batch) -> ObjectiveOutput``. An objective with another backbone (the dVAE
+    tokenizer, SimMIM on Swin) subclasses :class:`EncoderObjective` instead and keeps the same ``encode`` contract.
     """
 
     def __init__(self, adapter: nn.Module, encoder: TransformerEncoder) -> None:
@@ -44,8 +45,10 @@ class Objective(nn.Module):
     def num_prefix_tokens(self) -> int:
         return self.adapter.num_prefix_tokens
 
-    def embed(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tokens:
-        return self.adapter.embed(inputs, padding_mask=padding_mask)
+    @property
+    def num_layers(self) -> int:
+        """The blocks ``encode(layers=...)`` selects from (0: the features do not come from transformer blocks)."""
+        return self.encoder.cfg.depth
 
     def encode(
         self, inputs: Tensor, padding_mask: Tensor | None = None, layers: Sequence[int] | None = None
@@ -57,15 +60,39 @@ class Objective(nn.Module):
         ``[-2, -1]`` averages the last two, the way data2vec averages its top-K layers into targets (without the
         per-layer target norm, so that the features stay those of the encoder).
         """
-        out = self.encoder(self.adapter.embed(inputs, padding_mask=padding_mask))
-        if layers is None:
-            return out.x
-        picked = [out.layers[i] for i in resolve_layers(layers, len(out.layers))]  # k x (B, T, D)
-        return torch.stack(picked).mean(dim=0)  # (k, B, T, D) -> (B, T, D)
+        return encode_with(self.adapter, self.encoder, inputs, padding_mask, layers)
 
     def update_teacher(self, step: int) -> dict[str, float]:
         """Called by the loop after every optimizer step (``step`` = completed updates). No-op without a teacher."""
         return {}
+
+
+class EncoderObjective(nn.Module):
+    """Base of objectives whose backbone is not adapter + transformer encoder (dVAE, SimMIM-Swin).
+
+    Subclasses implement ``forward(batch)`` and ``encode(inputs, padding_mask=None, layers=None)``, and set
+    ``num_prefix_tokens``; ``layers`` must be refused clearly where the backbone has no transformer blocks.
+    """
+
+    num_prefix_tokens: int = 0
+    num_layers: int = 0  # blocks that ``encode(layers=...)`` selects from (0: it refuses ``layers``)
+
+    def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
+               layers: Sequence[int] | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def update_teacher(self, step: int) -> dict[str, float]:
+        return {}
+
+
+def encode_with(adapter: nn.Module, encoder: TransformerEncoder, inputs: Tensor, padding_mask: Tensor | None = None,
+                layers: Sequence[int] | None = None) -> Tensor:
+    """Features of ``encoder(adapter.embed(inputs))`` (see :meth:`Objective.encode`): (B, T, D)."""
+    out = encoder(adapter.embed(inputs, padding_mask=padding_mask))
+    if layers is None:
+        return out.x
+    picked = [out.layers[i] for i in resolve_layers(layers, len(out.layers))]  # k x (B, T, D)
+    return torch.stack(picked).mean(dim=0)  # (k, B, T, D) -> (B, T, D)
 
 
 def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:

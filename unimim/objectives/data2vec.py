@@ -1,4 +1,4 @@
-"""data2vec 1.0 and 2.0: predict the teacher's averaged top-K layer representations at masked positions.
+"""data2vec 1.0: predict the teacher's averaged top-K layer representations at masked positions.
 
 Baevski, Hsu, Xu, Babu, Gu, Auli. "data2vec: A General Framework for Self-supervised Learning in Speech, Vision
 and Language", ICML 2022, §3 (Method): the student encodes the masked input (§3.2 mask tokens), an EMA teacher
@@ -9,16 +9,14 @@ Refs: fairseq examples/data2vec/models/data2vec_{audio,text}.py@3d262bb (speech,
 data2vec_vision beit/engine_for_cyclical.py and modeling_cyclical.py@af9a3634 (vision: block outputs,
 per-layer LN + final LN, smooth-L1 beta 2, element mean). Hyper-parameters: ../shared/reference/data2vec.md §2.
 
-``mode: v2`` is data2vec 2.0 (Baevski, Babu, Hsu, Auli. "Efficient Self-supervised Learning with Contextualized
-Target Representations for Vision, Speech and Language", ICML 2023, §3): the student encodes only the visible
-tokens, a conv decoder (:mod:`unimim.nn.decoder`) predicts every position from them plus noise, and each example
-carries R masks that share one teacher pass (multi-mask). Ref: fairseq examples/data2vec/models/data2vec2.py@3d262bb
-(data2vec.md §4). Not implemented from 2.0: ALiBi.
+This module also holds what data2vec 2.0 (:mod:`unimim.objectives.data2vec2`) shares with 1.0: the target
+config, the teacher's targets, the R-masks-per-example bookkeeping, the regression and cls losses and the collapse
+watch (:class:`Data2VecBase`). The two differ only in the student (:meth:`Data2VecBase.student`).
 
-The auxiliary cls loss of 2.0 (the student's cls output regresses the mean of the example's targets) is added as
-``cls_loss_weight * mean over rows``. The reference adds ``cls_loss * sample_size`` to a sum that is divided by
-``sample_size``, i.e. its weight multiplies a *sum* over the rows on one GPU: its 0.01 with 16 images x 16 masks per
-GPU corresponds to ``cls_loss_weight = 2.56`` here.
+The auxiliary cls loss (the student's cls output regresses the mean of the example's targets; data2vec 2.0 image)
+is added as ``cls_loss_weight * mean over rows``. The reference adds ``cls_loss * sample_size`` to a sum that is
+divided by ``sample_size``, i.e. its weight multiplies a *sum* over the rows on one GPU: its 0.01 with 16 images x
+16 masks per GPU corresponds to ``cls_loss_weight = 2.56`` here.
 """
 
 from __future__ import annotations
@@ -29,33 +27,30 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from unimim.core.batch import Batch
 from unimim.core.collapse import channel_std, check_collapse
 from unimim.core.ema import EMAConfig
 from unimim.core.losses import regression_loss, resolve_scale
-from unimim.core.masking import MaskInfo, prepend_unmasked
 from unimim.core.targets import Norm, build_targets
-from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import ObjectiveOutput
 from unimim.objectives.teacher import TeacherStudentObjective
 
 
 @dataclass
-class Data2VecConfig:
-    mode: Literal["v1", "v2"] = "v1"               # v1: data2vec 1.0; v2: data2vec 2.0 (visible-only student + decoder)
+class Data2VecTargetConfig:
+    """What data2vec 1.0 and 2.0 share: the teacher, its targets, the loss and the collapse floors."""
+
     top_k: int = 6                                  # K: teacher layers averaged (vision 6, speech 8, text 10)
     target_source: Literal["block", "ffn"] = "block"  # block outputs (vision 1.0) or FFN before residual (speech/text)
     layer_norm: Norm = "layer"                      # per-layer target norm: layer (vision/text), instance (speech)
     final_norm: Norm = "layer"                      # norm of the average: layer (vision 1.0), none (speech/text)
     loss_beta: float = 2.0                          # 0 = L2; > 0 = smooth-L1 with this beta (vision 2, text 4)
     loss_scale: float | str = "inv_dim"             # inv_dim (vision element mean), inv_sqrt_dim (speech), or a number
-    head_layers: int = 1                            # 1: Linear (vision, speech); 2: Linear-GELU-Linear x2 width (text)
     ema: EMAConfig = field(
         default_factory=lambda: EMAConfig(decay=0.9998, end_decay=0.9998, schedule="constant")
     )
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # v2 only
-    mask_noise_std: float = 0.01                    # v2: std of the noise in masked decoder slots
-    cls_loss_weight: float = 0.0                    # cls output regresses the mean target (2.0 image); see below
+    cls_loss_weight: float = 0.0                    # cls output regresses the mean target (2.0 image); module doc
     min_target_std: float = 0.0                     # collapse floor on the targets' channel std (0 = off)
     min_pred_std: float = 0.0                       # collapse floor on the predictions' channel std (0 = off)
     collapse_after: int = 0                         # check the floors from this optimizer step on (ref: 5000)
@@ -63,10 +58,18 @@ class Data2VecConfig:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"data2vec.top_k must be >= 1, got {self.top_k}")
-        if self.head_layers not in (1, 2):
-            raise ValueError(f"data2vec.head_layers must be 1 or 2, got {self.head_layers}")
         if self.loss_beta < 0:
             raise ValueError(f"data2vec.loss_beta must be >= 0, got {self.loss_beta}")
+
+
+@dataclass
+class Data2VecConfig(Data2VecTargetConfig):
+    head_layers: int = 1                            # 1: Linear (vision, speech); 2: Linear-GELU-Linear x2 width (text)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head_layers not in (1, 2):
+            raise ValueError(f"data2vec.head_layers must be 1 or 2, got {self.head_layers}")
 
 
 StudentOutput = tuple[Tensor, Tensor | None, Tensor | None]  # predictions (B, N, D), cls (B, D), padding (B, N)
@@ -79,23 +82,24 @@ def regression_head(dim: int, layers: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
 
-class Data2Vec(TeacherStudentObjective):
-    """Student (adapter + encoder + head) and an EMA teacher of the backbone (adapter + encoder)."""
+class Data2VecBase(TeacherStudentObjective):
+    """Student backbone (adapter + encoder) and an EMA teacher of it; subclasses define :meth:`student`."""
 
-    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: Data2VecConfig) -> None:
+    cfg: Data2VecTargetConfig
+
+    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: Data2VecTargetConfig) -> None:
         super().__init__(adapter, encoder)
         if cfg.top_k > encoder.cfg.depth:
             raise ValueError(f"data2vec.top_k={cfg.top_k} exceeds encoder.depth={encoder.cfg.depth}")
         self.cfg = cfg
-        dim = encoder.cfg.dim
-        if cfg.mode == "v1":
-            self.head = regression_head(dim, cfg.head_layers)
-        else:  # the decoder works on the token grid the adapter declares (images), else on the sequence
-            self.decoder = ConvDecoder(cfg.decoder, in_dim=dim, grid=getattr(adapter, "grid", None))
-        self.loss_scale = resolve_scale(cfg.loss_scale, dim)
-        self.attach_teacher(self.backbone, cfg.ema)
+        self.loss_scale = resolve_scale(cfg.loss_scale, encoder.cfg.dim)
 
-    # -- training ------------------------------------------------------------------------------------------
+    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
+                corrupted: Tensor | None = None) -> StudentOutput:
+        """inputs (B', ...), mask (B', N) -> predictions (B', N, D), the cls output (B', D) | None and the token
+        padding mask (B', N) | None. ``corrupted`` (B', N): the input already corrupted by the masking."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def targets(self, inputs: Tensor, padding_mask: Tensor | None) -> Tensor:
         """Teacher targets for every non-prefix token: (B, N, D), float32."""
@@ -111,36 +115,30 @@ class Data2Vec(TeacherStudentObjective):
             padding_mask=pad,
         )
 
-    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        """``batch``: inputs, mask (B, N) or (B, R, N) bool (True = masked), optional padding_mask, and optional
-        ``student_inputs`` (shaped like ``mask``): the input already corrupted by the masking (BERT's 80/10/10 on
-        token ids). The student then sees it as is, while the teacher always sees the clean ``inputs``."""
-        inputs, mask = batch["inputs"], batch["mask"]  # mask: (B, N) or (B, R, N) bool, True = masked
-        padding_mask = batch.get("padding_mask")
-        corrupted = batch.get("student_inputs")
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        """``batch.mask`` (B, R, N): R masks per example share one teacher pass (the teacher sees the clean
+        ``inputs``); the student sees every example R times. ``batch.student_inputs`` (B, R, N), when present, is
+        the input corrupted by the masking (BERT's 80/10/10 on token ids), which the student sees as it is."""
+        inputs, padding_mask, corrupted = batch.inputs, batch.padding_mask, batch.student_inputs
+        r = batch.num_masks
+        if r == 0:
+            raise ValueError("data2vec needs a mask in the batch")
+        mask = batch.mask.flatten(0, 1)  # (B, R, N) -> (B*R, N)
         y = self.targets(inputs, padding_mask)  # (B, N, D): the teacher runs once per example, on clean input
-        if mask.dim() == 3:  # R masks per example: the student sees every example R times (2.0 multi-mask)
-            r = mask.shape[1]
-            mask = mask.flatten(0, 1)  # (B, R, N) -> (B*R, N)
+        if r > 1:
             inputs, y = inputs.repeat_interleave(r, 0), y.repeat_interleave(r, 0)  # (B, ...) -> (B*R, ...)
-            if corrupted is not None:
-                corrupted = corrupted.flatten(0, 1)  # (B, R, N) -> (B*R, N)
             if padding_mask is not None:
                 padding_mask = padding_mask.repeat_interleave(r, 0)
-
-        student = self.student_v2 if self.cfg.mode == "v2" else self.student_v1
         if corrupted is not None:
-            if self.cfg.mode == "v2":
-                raise ValueError("data2vec 2.0 drops masked tokens; student_inputs (corrupted ids) apply to v1 only")
-            pred, cls, pad = self.student_v1(corrupted, mask, padding_mask, substitute=False)
-        else:
-            pred, cls, pad = student(inputs, mask, padding_mask)  # (B', N, D), (B', D) | None, (B', N) | None
+            corrupted = corrupted.flatten(0, 1)  # (B, R, N) -> (B*R, N)
+        pred, cls, pad = self.student(inputs, mask, padding_mask, corrupted)  # (B', N, D), (B', D) | None, ...
+
         logs = {}
         cls_loss = None
         if self.cfg.cls_loss_weight > 0:
             if cls is None:
                 raise ValueError("data2vec.cls_loss_weight > 0 needs an adapter with a cls token")
-            # data2vec 2.0: the student's cls output regresses the mean of the example's targets
+            # the student's cls output regresses the mean of the example's targets
             if pad is None:
                 cls_target = y.mean(dim=1)  # (B', N, D) -> (B', D)
             else:  # mean over real tokens only
@@ -163,36 +161,32 @@ class Data2Vec(TeacherStudentObjective):
         logs.update(stats, mask_ratio=float(mask.float().mean()))
         return ObjectiveOutput(loss=loss, logs=logs)
 
-    def student_v1(
-        self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None, substitute: bool = True
-    ) -> StudentOutput:
-        """data2vec 1.0: mask tokens substituted at the input (unless ``substitute`` is False: the input is already
-        corrupted), full sequence, linear head.
-        Returns predictions (B, N, D), the cls output (B, D) | None and the token padding mask (B, N) | None."""
+    def update_teacher(self, step: int) -> dict[str, float]:
+        self.num_updates = step
+        return {"ema_decay": self.teacher.update(self.backbone, step)}
+
+
+class Data2Vec(Data2VecBase):
+    """data2vec 1.0: mask tokens substituted at the input, the full sequence through the encoder, a regression
+    head at every position."""
+
+    cfg: Data2VecConfig
+
+    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: Data2VecConfig) -> None:
+        super().__init__(adapter, encoder, cfg)
+        self.head = regression_head(encoder.cfg.dim, cfg.head_layers)
+        self.attach_teacher(self.backbone, cfg.ema)
+
+    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
+                corrupted: Tensor | None = None) -> StudentOutput:
+        """Mask tokens substituted at the input (or, with ``corrupted``, the already corrupted input as it is)."""
         p = self.num_prefix_tokens
-        tokens = self.adapter.embed(inputs, mask=mask if substitute else None, padding_mask=padding_mask)
+        if corrupted is not None:
+            tokens = self.adapter.embed(corrupted, padding_mask=padding_mask)
+        else:
+            tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
         h = self.encoder(tokens).x  # (B, T, D)
         # the head runs on every position so that matrix shapes do not change with the mask count (a new
         # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same
         pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
         return self.head(h[:, p:]), (h[:, 0] if p else None), pad
-
-    def student_v2(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None) -> StudentOutput:
-        """data2vec 2.0: the encoder sees only visible tokens; the conv decoder fills in the rest.
-        Returns predictions (B, N, D), the cls output (B, D) | None and the token padding mask (B, N) | None."""
-        p = self.num_prefix_tokens
-        tokens = self.adapter.embed(inputs, padding_mask=padding_mask)
-        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, T_keep), prefix tokens first
-        if keep is None:
-            raise ValueError(
-                "data2vec 2.0 needs the same number of masked tokens in every row; use a mask that masks an exact "
-                "count (masking.kind: inverse_block or random)"
-            )
-        h = self.encoder(tokens.select(keep)).x  # (B, T_keep, D)
-        full = fill_masked(h[:, p:], MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
-        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
-        return self.decoder(full), (h[:, 0] if p else None), pad
-
-    def update_teacher(self, step: int) -> dict[str, float]:
-        self.num_updates = step
-        return {"ema_decay": self.teacher.update(self.backbone, step)}

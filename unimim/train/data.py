@@ -15,13 +15,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from unimim.core.batch import Batch
+
 
 class ExampleSource(Protocol):
-    """A modality's pretraining dataset: ``example(i, rng)`` builds one training example (inputs + mask)."""
+    """A modality's pretraining dataset: ``example(i, rng)`` builds one training example (inputs + masks, in the
+    DataLoader worker); ``collate(examples)`` stacks examples into a :class:`~unimim.core.batch.Batch`."""
 
     def __len__(self) -> int: ...
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, Any]: ...
+
+    def collate(self, examples: list[dict[str, Any]]) -> Batch: ...
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

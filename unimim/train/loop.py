@@ -14,11 +14,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from unimim.core.batch import Batch
 from unimim.objectives.base import Objective
 from unimim.train.engine import Engine
 from unimim.train.metrics import MetricsWriter, NullMetrics
@@ -30,14 +29,12 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def train_loop(
     objective: Objective,
     engine: Engine,
-    batches: Iterator[dict[str, Any]],
+    batches: Iterator[Batch],
     *,
     start_step: int,
     total_steps: int,
@@ -59,14 +56,13 @@ def train_loop(
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and engine.is_main), dynamic_ncols=True,
                desc="pretrain")
     t0, n0 = time.perf_counter(), start_step
-    skipped = 0  # unreadable inputs passed over by the data pipeline (optional "skipped" count per example)
+    skipped = 0  # unreadable inputs passed over by the data pipeline (Batch.skipped)
     for step in range(start_step, total_steps):
         step_loss, logs = 0.0, {}
         for _ in range(accumulate):
             batch = next(batches)
-            if "skipped" in batch:
-                skipped += int(batch.pop("skipped").sum())
-            batch = to_device(batch, engine.device)
+            skipped += batch.skipped
+            batch = batch.to(engine.device)
             with engine.autocast():
                 out = engine.model(batch)
             loss = float(out.loss.detach())

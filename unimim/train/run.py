@@ -1,4 +1,5 @@
-"""Pretraining entry point: config -> objective, data, engine -> the loop, with resume."""
+"""The pretraining run of already-built parts: an objective and its example source -> engine, loader, the loop,
+checkpoints and resume. The composition root (:mod:`unimim.app.pretrain`) builds the parts from a config."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ import torch
 import yaml
 
 from unimim.config import ConfigError, to_dict
-from unimim.registry import MODALITIES, build_objective
 from unimim.train import distributed as dist_utils
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
-from unimim.train.data import make_loader
+from unimim.train.data import ExampleSource, make_loader
 from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
 from unimim.train.loop import train_loop
@@ -98,25 +98,26 @@ def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray)
                            precision=cfg.train.precision)
 
 
-def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:
-    """Train ``cfg`` (an experiment config) in ``cfg.run_dir``; resume from its checkpoint when asked.
-
-    With ``deepspeed.enabled`` every process of the job runs this (started by a launcher, recipes/launch/); each
-    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples."""
+def prepare_process(cfg: Any) -> None:
+    """Per-process set-up before anything is built: log level by rank, intra-op threads, the seeds (the objective's
+    initial weights are drawn after this)."""
     if cfg.deepspeed.enabled and int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs; the others report warnings and errors only
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+
+
+def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource, *,
+                    progress: bool = True) -> PretrainResult:
+    """Train ``objective`` on ``source`` (its ``collate`` makes the batches) as ``cfg`` (an experiment config) says,
+    in ``cfg.run_dir``; resume from its checkpoint when asked. Call :func:`prepare_process` before building them.
+
+    With ``deepspeed.enabled`` every process of the job runs this (started by a launcher, recipes/launch/); each
+    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples."""
     run_dir = cfg.run_dir
     ckpt_path = run_dir / CHECKPOINT_NAME
     resolved = to_dict(cfg)
-    seed_everything(cfg.train.seed)
-
-    spec = MODALITIES[cfg.modality]
-    if spec.bind_run_dir is not None:  # e.g. the text tokenizer is copied into the run directory
-        spec.bind_run_dir(cfg.data, run_dir)
-    source = spec.build_pretrain_source(cfg.data, cfg.masking, cfg.adapter)
-    objective = build_objective(cfg)
     n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     world = dist_utils.launch_world_size() if cfg.deepspeed.enabled else 1
     global_batch = cfg.effective_batch * world
@@ -164,7 +165,7 @@ def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:
 
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                          start=start * cfg.train.accumulate, num_workers=cfg.train.num_workers,
-                         collate_fn=spec.collate, rank=dist_utils.rank(), world_size=engine.world_size)
+                         collate_fn=source.collate, rank=dist_utils.rank(), world_size=engine.world_size)
     metrics = MetricsWriter(run_dir) if engine.is_main else NullMetrics()
     try:
         losses = train_loop(

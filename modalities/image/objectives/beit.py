@@ -8,7 +8,7 @@ style (shared relative position bias, layer scale 0.1, q/v-only bias) is set thr
 Ref: microsoft/unilm beit/modeling_pretrain.py and engine_for_pretraining.py@768a3c87
 (../shared/reference/masked-image-modeling.md §1.3, §6).
 
-The tokenizer (stage 1) is this project's own dVAE (:mod:`modalities.image.tokenizer.dvae`), trained with
+The tokenizer (stage 1) is this project's own dVAE (:mod:`modalities.image.objectives.tokenizer.dvae`), trained with
 ``objective: dvae``; it is loaded from ``method.tokenizer`` (a tokenizer file or the dVAE's run directory), frozen, and
 kept outside the module tree, so neither the optimizer nor the checkpoint holds it. When the tokenizer's image size
 differs from the ViT's (BEiT ViT-B/16: 224 px ViT, 112 px dVAE), it sees a bilinear-resized copy of the same crop
@@ -18,12 +18,16 @@ differs from the ViT's (BEiT ViT-B/16: 224 px ViT, 112 px dVAE), it sees a bilin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modalities.image.tokenizer.dvae import DiscreteVAE, load_tokenizer
+from modalities.base import ObjectiveSpec, all_checks, one_mask_per_example, require, vit_objective
+from modalities.image.objectives.tokenizer.dvae import DiscreteVAE, DVAEConfig, load_tokenizer
+from unimim.core.batch import Batch
 from unimim.nn.encoder import TransformerEncoder
 from unimim.objectives.base import Objective, ObjectiveOutput
 
@@ -75,10 +79,8 @@ class BEiT(Objective):
         h = self.encoder(self.adapter.embed(inputs, mask=mask)).x  # (B, 1 + N, D), final norm applied
         return self.head(h[:, 1:])  # (B, N, D) -> (B, N, K)
 
-    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        inputs, mask = batch["inputs"], batch["mask"]  # (B, C, S, S), (B, N) bool, True = masked
-        if mask.dim() != 2:
-            raise ValueError(f"BEiT takes one mask per image (B, N), got {tuple(mask.shape)}; set masking.num_masks: 1")
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        inputs, mask = batch.inputs, batch.single_mask("BEiT")  # (B, C, S, S), (B, N) bool, True = masked
         labels = self.tokenize(inputs)  # (B, N)
         h = self.encoder(self.adapter.embed(inputs, mask=mask)).x[:, 1:]  # (B, N, D)
         logits = self.head(h[mask])  # (B, N, D) -> (M, D) -> (M, K): the classifier runs at masked positions only
@@ -90,3 +92,27 @@ class BEiT(Objective):
             used = torch.bincount(labels.flatten(), minlength=k).gt(0).float().mean()
         logs = {"mlm_acc": float(acc), "mask_ratio": float(mask.float().mean()), "target_codes_used": float(used)}
         return ObjectiveOutput(loss=loss, logs=logs)
+
+
+def _check(cfg: Any) -> None:
+    require(cfg.adapter.cls_token, "BEiT needs an adapter with a cls token (adapter.cls_token: true)")
+
+
+def tiny_tokenizer(directory: Path, codebook_size: int = 16) -> Path:
+    """A randomly initialised (seeded) dVAE tokenizer for the tiny image settings (16 px, 1 channel, 4 x 4 codes)."""
+    cfg = DVAEConfig(image_size=16, in_chans=1, codebook_size=codebook_size, embed_dim=8, hidden=8, num_layers=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same tokenizer on every call
+        model = DiscreteVAE(cfg)
+    return model.save(Path(directory) / "tiny_tokenizer.pt")
+
+
+BEIT_SPEC = ObjectiveSpec(
+    config=BEiTConfig,
+    build=vit_objective(BEiT),
+    modalities=("image",),
+    check=all_checks(one_mask_per_example("BEiT"), _check),
+    tiny=("train.accumulate=1",),
+    tiny_data=lambda directory: [f"method.tokenizer={tiny_tokenizer(directory)}"],
+    logs=frozenset({"mlm_acc", "mask_ratio", "target_codes_used"}),
+)

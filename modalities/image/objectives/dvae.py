@@ -4,7 +4,7 @@ DALL-E (Ramesh et al. 2021, §2.1, App. A.2) trains its dVAE with a Gumbel-softm
 annealed from 1 to 1/16 and the weight of KL(q || uniform prior) ramped up from 0; tokenisation then takes the hard
 argmax. Small-scale schedules follow karpathy/deep-vector-quantization (cosine temperature 1 -> 1/16, KL weight 0 ->
 5e-4, MSE on normalised pixels; usage and perplexity logged). Reference: ../shared/reference/masked-image-modeling.md
-§6.2-6.4. The model itself is :class:`modalities.image.tokenizer.dvae.DiscreteVAE`.
+§6.2-6.4. The model itself is :class:`modalities.image.objectives.tokenizer.dvae.DiscreteVAE`.
 
 Codebook health: every step logs the perplexity of the batch's hard codes and the fraction of codes it uses; every
 ``usage_window`` steps the fraction of codes used anywhere in the window is logged as ``codebook_usage`` and a warning
@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from modalities.image.tokenizer.dvae import DiscreteVAE, DVAEConfig
-from unimim.nn.encoder import TransformerEncoder
-from unimim.objectives.base import Objective, ObjectiveOutput
+from modalities.base import ObjectiveSpec
+from modalities.image.model.adapter import ImageAdapterConfig
+from modalities.image.objectives.tokenizer.dvae import DiscreteVAE, DVAEConfig
+from unimim.core.batch import Batch
+from unimim.objectives.base import EncoderObjective, ObjectiveOutput
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +79,19 @@ def code_perplexity(codes: Tensor, num_codes: int) -> Tensor:
     return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 
-class DVAETraining(Objective):
-    """Trains a :class:`DiscreteVAE` whose token grid equals the patch grid of the adapter the recipe declares.
+class DVAETraining(EncoderObjective):
+    """Trains a :class:`DiscreteVAE` whose token grid equals the patch grid of the ViT the recipe declares
+    (``adapter``: the BEiT that will use the codes); no ViT is built.
 
-    The ViT (adapter + encoder) that the registry builds is used only for its geometry and is not kept.
     ``encode`` gives the tokenizer encoder's last hidden features, so ``unimim probe`` works on a dVAE run too.
     """
 
-    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: DVAEObjectiveConfig) -> None:
-        nn.Module.__init__(self)  # no ViT backbone: the tokenizer is the whole model
+    def __init__(self, cfg: DVAEObjectiveConfig, adapter: ImageAdapterConfig) -> None:
+        super().__init__()  # no ViT backbone: the tokenizer is the whole model
         m = cfg.model
-        acfg = adapter.cfg
-        if (m.image_size, m.in_chans) != (acfg.image_size, acfg.in_chans):
+        if (m.image_size, m.in_chans) != (adapter.image_size, adapter.in_chans):
             raise ValueError(f"method.model image_size/in_chans ({m.image_size}, {m.in_chans}) differ from the "
-                             f"adapter's ({acfg.image_size}, {acfg.in_chans})")
+                             f"adapter's ({adapter.image_size}, {adapter.in_chans})")
         if m.grid != tuple(adapter.grid):
             raise ValueError(f"the dVAE token grid {m.grid} (image_size / 2^num_layers) differs from the ViT patch "
                              f"grid {tuple(adapter.grid)}; BEiT needs one code per patch")
@@ -99,24 +101,23 @@ class DVAETraining(Objective):
         self.register_buffer("window_hits", torch.zeros(m.codebook_size, dtype=torch.long), persistent=False)
         self.last_usage = float("nan")
 
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 0
-
     def get_extra_state(self) -> dict[str, float]:  # the schedules resume where they stopped
         return {"num_updates": self.num_updates, "last_usage": self.last_usage}
 
     def set_extra_state(self, state: dict[str, float]) -> None:
         self.num_updates, self.last_usage = int(state["num_updates"]), float(state["last_usage"])
 
-    def encode(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
+               layers: Sequence[int] | None = None) -> Tensor:
         """(B, C, S, S) -> (B, N, hidden): the tokenizer encoder's features before the code logits."""
+        if layers is not None:
+            raise ValueError("the dVAE tokenizer has no transformer blocks: probe.layers does not apply")
         self.dvae._check(inputs)
         h = self.dvae.encoder[:-1](inputs)  # (B, hidden, h, w)
         return h.flatten(2).transpose(1, 2)  # (B, hidden, h, w) -> (B, N, hidden)
 
-    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        images = batch["inputs"]  # (B, C, S, S); the mask in the batch is not used
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        images = batch.inputs  # (B, C, S, S); the mask in the batch is not used
         tau = temperature_at(self.cfg, self.num_updates)
         beta = kl_weight_at(self.cfg, self.num_updates)
         recon, logits = self.dvae(images, tau, hard=self.cfg.straight_through)
@@ -146,3 +147,14 @@ class DVAETraining(Objective):
                     "consider a smaller codebook_size or a larger kl_weight", 100 * self.last_usage,
                     self.cfg.model.codebook_size, self.cfg.usage_window)
         return {}
+
+
+DVAE_SPEC = ObjectiveSpec(  # BEiT's visual tokenizer (stage 1): no ViT is built
+    config=DVAEObjectiveConfig,
+    build=lambda cfg, modality: DVAETraining(cfg.method, cfg.adapter),
+    modalities=("image",),
+    tiny=("method.model.image_size=16", "method.model.in_chans=1", "method.model.num_layers=2",
+          "method.model.hidden=16", "method.model.num_resblocks=1", "method.model.embed_dim=16",
+          "method.model.codebook_size=512", "train.accumulate=1"),
+    logs=frozenset({"recon_loss", "kl", "temperature", "kl_weight", "perplexity", "codes_used"}),
+)

@@ -9,7 +9,7 @@ loss = cls_weight * mean over (teacher view q, student view v != q) of CE(teache
      + patch_weight * mean over views v of [per image: mean over its masked patches of CE(teacher patch, student
        patch)], averaged over the batch (images without a mask count as 0, as in the reference).
 Ref: bytedance/ibot main_ibot.py (``iBOTLoss``, schedules), models/head.py@da316d82
-(../shared/reference/masked-image-modeling.md §1.5). The multi-view data come from :mod:`modalities.image.views`.
+(../shared/reference/masked-image-modeling.md §1.5). The multi-view data come from :mod:`modalities.image.data.views`.
 
 Not implemented from the reference: the cosine weight-decay schedule (0.04 -> 0.4; the optimizer here has a constant
 weight decay) and per-parameter gradient clipping (a global clip is used).
@@ -22,21 +22,22 @@ two batch-mean entropies that stops the run with :class:`unimim.core.collapse.Co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modalities.base import ObjectiveSpec, require, vit_objective
 from modalities.image.objectives.ibot_head import HeadConfig, ProjectionHead
+from unimim.core.batch import Batch
 from unimim.core.collapse import CollapseError
 from unimim.core.ema import EMAConfig
 from unimim.nn.encoder import TransformerEncoder
-from unimim.nn.pos_embed import sincos_2d
-from unimim.nn.tokens import Tokens
-from unimim.objectives.base import ObjectiveOutput
+from unimim.objectives.base import ObjectiveOutput, encode_with
 from unimim.objectives.teacher import TeacherStudentObjective
 
 
@@ -77,31 +78,6 @@ def entropy(p: Tensor) -> Tensor:
     return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
 
 
-def embed_any_size(adapter: nn.Module, images: Tensor) -> Tokens:
-    """Embed images whose side differs from the adapter's (local crops): learned positions are resized bicubically
-    over the patch grid (DINO ``interpolate_pos_encoding``), sin-cos positions recomputed for the new grid.
-    images: (B, C, s, s) -> Tokens x (B, 1 + n, D)."""
-    if images.shape[-1] == adapter.cfg.image_size:
-        return adapter.embed(images)
-    if adapter.rel_pos is not None:
-        raise ValueError("local crops need absolute positions (adapter.positions: learned or sincos)")
-    x = adapter.patch_embed(images).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, n, D)
-    side = images.shape[-1] // adapter.cfg.patch_size
-    dim = x.shape[-1]
-    if adapter.pos_embed is not None:
-        p = adapter.num_prefix_tokens
-        gh, gw = adapter.grid
-        grid_pos = adapter.pos_embed[:, p:].reshape(1, gh, gw, dim).permute(0, 3, 1, 2)  # (1, N, D) -> (1, D, H, W)
-        grid_pos = F.interpolate(grid_pos, size=(side, side), mode="bicubic", align_corners=False)
-        pos = torch.cat([adapter.pos_embed[:, :p], grid_pos.flatten(2).transpose(1, 2)], dim=1)  # (1, 1 + n, D)
-    else:
-        pos = torch.cat([x.new_zeros(1, dim), sincos_2d(dim, (side, side)).to(x)]).unsqueeze(0)  # (1, 1 + n, D)
-    if adapter.cls_token is None:
-        raise ValueError("iBOT needs an adapter with a cls token")
-    x = torch.cat([adapter.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, 1 + n, D)
-    return Tokens(x=x + pos.to(x.dtype))
-
-
 class IBOT(TeacherStudentObjective):
     """Student backbone + shared projection ``head``; EMA teacher of both; cls and patch centres as buffers."""
 
@@ -116,10 +92,12 @@ class IBOT(TeacherStudentObjective):
         # names "backbone.*" and "head.*" match the student's own parameter names, so update(self) pairs them
         self.attach_teacher(nn.ModuleDict({"backbone": self.backbone, "head": self.head}), cfg.ema)
 
-    def encode(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone."""
+    def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
+               layers: Sequence[int] | None = None) -> Tensor:
+        """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone (``layers``: see
+        :meth:`Objective.encode`)."""
         backbone = self.teacher.module["backbone"] if self.cfg.encode_with == "teacher" else self.backbone
-        return backbone["encoder"](backbone["adapter"].embed(inputs)).x
+        return encode_with(backbone["adapter"], backbone["encoder"], inputs, padding_mask, layers)
 
     @torch.no_grad()
     def teacher_scores(self, views: Tensor) -> Tensor:
@@ -127,11 +105,10 @@ class IBOT(TeacherStudentObjective):
         t = self.teacher.module
         return t["head"](t["backbone"]["encoder"](t["backbone"]["adapter"].embed(views)).x).float()
 
-    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        views, mask = batch["inputs"], batch["mask"]  # (B, V, C, S, S), (B, V, N) bool
-        if views.dim() != 5 or mask.dim() != 3:
-            raise ValueError("iBOT needs multi-view examples: set data.views.enabled: true (got inputs "
-                             f"{tuple(views.shape)}, mask {tuple(mask.shape)})")
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        if batch.views is None:
+            raise ValueError("iBOT needs multi-view batches: set data.views.enabled: true")
+        views, mask = batch.views.global_, batch.views.mask  # (B, V, C, S, S), (B, V, N) bool
         b, v = views.shape[:2]
         x = views.transpose(0, 1).flatten(0, 1)  # (B, V, C, S, S) -> (V*B, C, S, S), view-major
         m = mask.transpose(0, 1).flatten(0, 1)  # (B, V, N) -> (V*B, N)
@@ -140,9 +117,9 @@ class IBOT(TeacherStudentObjective):
         t = self.teacher_scores(x)  # (V*B, 1 + N, K)
         s = self.head(self.encoder(self.adapter.embed(x, mask=m)).x, freeze).float()  # (V*B, 1 + N, K)
         s_cls = [s[:, 0]]  # crops' cls scores, (V*B, K) then L*B rows per local batch
-        if "local" in batch:
-            loc = batch["local"].transpose(0, 1).flatten(0, 1)  # (B, L, C, s, s) -> (L*B, C, s, s)
-            h = self.encoder(embed_any_size(self.adapter, loc)).x[:, 0]  # (L*B, D) cls only
+        if batch.views.local is not None:
+            loc = batch.views.local.transpose(0, 1).flatten(0, 1)  # (B, L, C, s, s) -> (L*B, C, s, s)
+            h = self.encoder(self.adapter.embed(loc)).x[:, 0]  # (L*B, D) cls only; positions follow the crop size
             s_cls.append(self.head(h, freeze).float())  # (L*B, K)
 
         tt, st = teacher_temp_at(self.cfg, self.num_updates), self.cfg.student_temp
@@ -207,3 +184,22 @@ class IBOT(TeacherStudentObjective):
     def update_teacher(self, step: int) -> dict[str, float]:
         self.num_updates = step
         return {"ema_decay": self.teacher.update(self, step)}
+
+
+def _check(cfg: Any) -> None:
+    require(cfg.data.views.enabled, "iBOT needs multi-view examples: set data.views.enabled: true")
+    require(cfg.adapter.cls_token, "iBOT needs an adapter with a cls token (adapter.cls_token: true)")
+    local = cfg.data.views
+    require(not local.local_views or cfg.adapter.positions != "relative",
+            "iBOT's local crops need absolute positions (adapter.positions: learned or sincos)")
+
+
+IBOT_SPEC = ObjectiveSpec(
+    config=IBOTConfig,
+    build=vit_objective(IBOT),
+    modalities=("image",),
+    check=_check,
+    tiny=("data.views.local_size=8", "data.views.local_views=2", "method.head.hidden=32", "method.head.bottleneck=16",
+          "method.head.out_dim=64", "train.accumulate=1"),
+    logs=frozenset({"cls_loss", "patch_loss", "teacher_entropy", "student_entropy", "teacher_temp", "ema_decay"}),
+)

@@ -3,12 +3,12 @@
 He, Chen, Xie, Li, Dollár, Girshick. "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022, §3: random
 masking of 75 % of the patches (the batch's mask, ``masking.kind: random``, made by sorting per-patch noise), an
 encoder that sees only the visible patches (the foundation's ``Tokens.select(ids_keep)`` path), an asymmetric
-decoder (:mod:`modalities.image.mae_decoder`) with its own mask token and fixed 2-D sin-cos positions, pixel targets
-with optional per-patch normalisation (``norm_pix_loss``), and MSE over the masked patches only.
+decoder (:mod:`modalities.image.model.mae_decoder`) with its own mask token and fixed 2-D sin-cos positions,
+pixel targets with optional per-patch normalisation (``norm_pix_loss``), and MSE over the masked patches only.
 
 Ref: facebookresearch/mae ``models_mae.py``@efb2a806 (``forward_encoder``, ``forward_decoder``, ``forward_loss``);
 spec in masked-image-modeling.md §1.1. Parity with ``transformers.ViTMAEForPreTraining`` is tested through
-:mod:`modalities.image.convert_mae`.
+:mod:`modalities.image.interop.convert_mae`.
 
 Not reproduced: MAE initialises every Linear and the patch projection xavier-uniform; here the encoder and decoder
 blocks keep the encoder's truncated-normal (std 0.02) init (the decoder's input and output maps are xavier).
@@ -17,11 +17,15 @@ blocks keep the encoder's truncated-normal (std 0.02) init (the decoder's input 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
-from modalities.image.mae_decoder import MAEDecoder, MAEDecoderConfig
-from modalities.image.patches import denormalize_patches, normalize_patches, patchify, unpatchify
+from modalities.base import ObjectiveSpec, all_checks, one_mask_per_example, require, vit_objective
+from modalities.image.model.adapter import ImageAdapter
+from modalities.image.model.mae_decoder import MAEDecoder, MAEDecoderConfig
+from modalities.image.model.patches import denormalize_patches, normalize_patches, patchify, unpatchify
+from unimim.core.batch import Batch
 from unimim.core.collapse import channel_std
 from unimim.core.masking import MaskInfo, prepend_unmasked
 from unimim.nn.encoder import TransformerEncoder
@@ -34,12 +38,9 @@ class MAEConfig:
     norm_pix_loss: bool = True   # targets: each patch standardised by its own mean / variance (released models)
 
 
-def image_geometry(adapter: nn.Module) -> tuple[tuple[int, int], int, int]:
-    """(grid (H, W), patch_size, channels) of an image adapter; a clear error for any other adapter."""
-    cfg = getattr(adapter, "cfg", None)
-    if not hasattr(adapter, "grid") or not hasattr(cfg, "patch_size") or not hasattr(cfg, "in_chans"):
-        raise ValueError(f"pixel objectives need the image adapter (grid, patch_size, in_chans); got {type(adapter)}")
-    return tuple(adapter.grid), int(cfg.patch_size), int(cfg.in_chans)
+def image_geometry(adapter: ImageAdapter) -> tuple[tuple[int, int], int, int]:
+    """(grid (H, W), patch_size, channels) of the image adapter."""
+    return tuple(adapter.grid), int(adapter.cfg.patch_size), int(adapter.cfg.in_chans)
 
 
 def check_mask(mask: Tensor, name: str) -> None:
@@ -77,8 +78,8 @@ class MAE(Objective):
         target = patchify(inputs.float(), self.patch_size)  # (B, C, S, S) -> (B, N, p*p*C)
         return normalize_patches(target) if self.cfg.norm_pix_loss else target
 
-    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
-        inputs, mask = batch["inputs"], batch["mask"]  # (B, C, S, S), (B, N) bool, True = masked
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        inputs, mask = batch.inputs, batch.single_mask("MAE")  # (B, C, S, S), (B, N) bool, True = masked
         check_mask(mask, "MAE")
         pred = self.predict(inputs, mask).float()  # (B, N, P)
         target = self.targets(inputs)  # (B, N, P)
@@ -92,8 +93,23 @@ class MAE(Objective):
     def reconstruct(self, inputs: Tensor, mask: Tensor) -> Tensor:
         """Reconstructed images (B, C, S, S) in the inputs' (dataset-normalised) units, for display. With
         ``norm_pix_loss`` each predicted patch is rescaled by the original patch's mean / std
-        (:func:`modalities.image.patches.denormalize_patches`)."""
+        (:func:`modalities.image.model.patches.denormalize_patches`)."""
         pred = self.predict(inputs, mask).float()  # (B, N, P)
         if self.cfg.norm_pix_loss:
             pred = denormalize_patches(pred, patchify(inputs.float(), self.patch_size))
         return unpatchify(pred, self.patch_size, self.grid, self.channels)  # (B, N, P) -> (B, C, S, S)
+
+
+def _check(cfg: Any) -> None:
+    require(cfg.masking.kind == "random", "MAE drops the masked patches and needs the same count in every image: "
+                                          f"masking.kind: random (got {cfg.masking.kind!r})")
+
+
+MAE_SPEC = ObjectiveSpec(
+    config=MAEConfig,
+    build=vit_objective(MAE),
+    modalities=("image",),
+    check=all_checks(one_mask_per_example("MAE"), _check),
+    tiny=("method.decoder.dim=16", "method.decoder.depth=1", "method.decoder.num_heads=2"),
+    logs=frozenset({"target_std", "pred_std", "mask_ratio"}),
+)

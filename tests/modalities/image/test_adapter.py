@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
-from modalities.image.relative_position import relative_position_index
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
+from modalities.image.model.relative_position import relative_position_index
 from unimim.nn.pos_embed import sincos_2d
 
 

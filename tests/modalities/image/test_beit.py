@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
-from modalities.image.convert_hf_beit import beit_config_to_unimim, from_hf_beit_mim
+from modalities.image.interop.convert_hf_beit import beit_config_to_unimim, from_hf_beit_mim
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
 from modalities.image.objectives.beit import BEiT, BEiTConfig
-from modalities.image.tokenizer.dvae import DiscreteVAE, DVAEConfig, freeze
+from modalities.image.objectives.tokenizer.dvae import DiscreteVAE, DVAEConfig, freeze
+from unimim.core.batch import Batch
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
 from unimim.train.optim import OptimConfig, build_optimizer
 
@@ -37,7 +38,7 @@ def test_loss_is_cross_entropy_at_masked_positions_against_the_codes():
     x = torch.randn(3, 1, 16, 16)
     mask = torch.rand(3, 16) < 0.4
     mask[:, 0] = True
-    out = model({"inputs": x, "mask": mask})
+    out = model(Batch(inputs=x, mask=mask))
     logits = model.logits(x, mask)  # (B, N, K) at every position
     labels = tok.codes(x)
     expected = torch.stack([F.cross_entropy(logits[b, n], labels[b, n], reduction="sum")
@@ -55,7 +56,7 @@ def test_tokenizer_is_frozen_outside_optimizer_and_checkpoint():
     opt_params = {id(p) for g in build_optimizer(model, OptimConfig()).param_groups for p in g["params"]}
     assert not opt_params & {id(p) for p in tok.parameters()}
     assert not any(k.startswith("tokenizer") for k in model.state_dict())
-    out = model({"inputs": torch.randn(2, 1, 16, 16), "mask": torch.rand(2, 16) < 0.5})
+    out = model(Batch(inputs=torch.randn(2, 1, 16, 16), mask=torch.rand(2, 16) < 0.5))
     out.loss.backward()
     assert all(p.grad is None for p in tok.parameters())
     assert all(torch.equal(v, before[k]) for k, v in tok.state_dict().items())
@@ -76,8 +77,8 @@ def test_grid_and_channel_mismatches_are_clear_errors():
     with pytest.raises(ValueError, match=r"tokenizer grid \(4, 4\) differs from the ViT patch grid \(8, 8\)"):
         _beit(_tokenizer(), image_size=16, patch_size=2)
     model = _beit(_tokenizer())
-    with pytest.raises(ValueError, match="one mask per image"):
-        model({"inputs": torch.randn(2, 1, 16, 16), "mask": torch.zeros(2, 3, 16, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="one mask per example"):
+        model(Batch(inputs=torch.randn(2, 1, 16, 16), mask=torch.zeros(2, 3, 16, dtype=torch.bool)))
 
 
 def test_missing_tokenizer_file_names_the_stage_one_recipe(tmp_path):
@@ -132,7 +133,7 @@ def test_hf_beit_mim_logits_match_after_conversion(positions):
     labels = tok.codes(F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True))
     hf_loss = F.cross_entropy(ref[mask], labels[mask])
     with torch.no_grad():
-        assert float(model({"inputs": x, "mask": mask}).loss) == pytest.approx(float(hf_loss), abs=ATOL)
+        assert float(model(Batch(inputs=x, mask=mask)).loss) == pytest.approx(float(hf_loss), abs=ATOL)
 
 
 def test_double_final_norm_is_refused():

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
-from modalities.image.convert_hf import (
+from modalities.image.interop.convert_hf import (
     from_hf_data2vec_vision,
     hf_config_to_unimim,
     reindex_relative_table,
     to_hf_data2vec_vision,
 )
-from modalities.image.relative_position import relative_position_index
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
+from modalities.image.model.relative_position import relative_position_index
 from unimim.nn.encoder import EncoderConfig, EncoderOutput, TransformerEncoder
 
 transformers = pytest.importorskip("transformers")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from modalities.image.adapter import ImageAdapter
-from modalities.image.convert_mae import from_hf_vit_mae, hf_mae_config_to_unimim
-from modalities.image.convert_timm import from_timm_vit, load_timm_vit, timm_vit_config_to_unimim
+from modalities.image.interop.convert_mae import from_hf_vit_mae, hf_mae_config_to_unimim
+from modalities.image.interop.convert_timm import from_timm_vit, load_timm_vit, timm_vit_config_to_unimim
+from modalities.image.model.adapter import ImageAdapter
 from modalities.image.objectives.mae import MAE
+from unimim.core.batch import Batch
 from unimim.nn.encoder import TransformerEncoder
 
 transformers = pytest.importorskip("transformers")
@@ -87,7 +88,7 @@ def test_vit_mae_same_loss_and_reconstruction(norm_pix_loss):
     mask = _mask_from_noise(noise, hf.config.mask_ratio)
     with torch.no_grad():
         ref = hf(pixel_values=images, noise=noise)
-        out = ours({"inputs": images, "mask": mask})
+        out = ours(Batch(inputs=images, mask=mask))
         pred = ours.predict(images, mask)
     assert torch.equal(ref.mask.bool(), mask)
     torch.testing.assert_close(pred, ref.logits, atol=ATOL, rtol=0)

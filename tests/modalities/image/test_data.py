@@ -1,4 +1,4 @@
-"""Tests for modalities/image/data.py: IDX reading, Fashion-MNIST, ImageFolder robustness, transforms."""
+"""Tests for modalities/image/data/dataset.py: IDX reading, Fashion-MNIST, ImageFolder robustness, transforms."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from modalities.image.data import (
+from modalities.image.data.dataset import (
     UNLABELED,
     FashionMNIST,
     ImageDataConfig,
@@ -160,7 +160,7 @@ def test_image_folder_skips_bad_files(messy_folder: Path, channels: int, caplog:
     assert isinstance(raw, ImageFolder)
     assert raw.root == messy_folder / "train" and raw.classes == ["cats", "dogs", "zebras"]
     assert len(raw) == len(GOOD) + len(BAD)
-    with caplog.at_level(logging.WARNING, logger="modalities.image.data"):
+    with caplog.at_level(logging.WARNING, logger="modalities.image.data.dataset"):
         items = [raw[i] for i in range(len(raw))]
         items += [raw[i] for i in range(len(raw))]  # second pass: no new warnings, no new counts
     assert all(img.mode == cfg.mode for img, _ in items)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
+from modalities.image.model.adapter import ImageAdapterConfig
 from modalities.image.objectives.dvae import (
     DVAEObjectiveConfig,
     DVAETraining,
@@ -18,20 +18,19 @@ from modalities.image.objectives.dvae import (
     kl_weight_at,
     temperature_at,
 )
-from modalities.image.tokenizer.dvae import DiscreteVAE, DVAEConfig, load_tokenizer
+from modalities.image.objectives.tokenizer.dvae import DiscreteVAE, DVAEConfig, load_tokenizer
 from tests.conftest import tiny_overrides
-from unimim.experiment import load_recipe
-from unimim.nn.encoder import EncoderConfig, TransformerEncoder
-from unimim.train.run import pretrain
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
+from unimim.core.batch import Batch
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = DVAEConfig(image_size=16, in_chans=1, codebook_size=16, embed_dim=8, hidden=8, num_layers=2)
 
 
 def _objective(**kw) -> DVAETraining:
-    adapter = ImageAdapter(ImageAdapterConfig(image_size=16, patch_size=4, in_chans=1), dim=8, num_heads=1)
-    encoder = TransformerEncoder(EncoderConfig(dim=8, depth=1, num_heads=1))
-    return DVAETraining(adapter, encoder, DVAEObjectiveConfig(model=SMALL, **kw))
+    return DVAETraining(DVAEObjectiveConfig(model=SMALL, **kw), ImageAdapterConfig(image_size=16, patch_size=4,
+                                                                                   in_chans=1))
 
 
 def test_temperature_and_kl_schedules_hand_values():
@@ -70,23 +69,21 @@ def test_codes_are_the_argmax_on_the_patch_grid():
 def test_relaxed_pass_trains_the_encoder(straight_through):
     torch.manual_seed(0)
     obj = _objective(straight_through=straight_through)
-    out = obj({"inputs": torch.randn(2, 1, 16, 16)})
+    out = obj(Batch(inputs=torch.randn(2, 1, 16, 16)))
     out.loss.backward()
     assert obj.dvae.encoder[-1].weight.grad.abs().sum() > 0  # gradients reach the code logits
     assert obj.dvae.codebook.weight.grad.abs().sum() > 0
 
 
 def test_grid_must_match_the_vit_patch_grid():
-    adapter = ImageAdapter(ImageAdapterConfig(image_size=16, patch_size=2, in_chans=1), dim=8, num_heads=1)
-    encoder = TransformerEncoder(EncoderConfig(dim=8, depth=1, num_heads=1))
     with pytest.raises(ValueError, match=r"token grid \(4, 4\).*patch grid \(8, 8\)"):
-        DVAETraining(adapter, encoder, DVAEObjectiveConfig(model=SMALL))
+        DVAETraining(DVAEObjectiveConfig(model=SMALL), ImageAdapterConfig(image_size=16, patch_size=2, in_chans=1))
 
 
 def test_dead_codes_warn_and_usage_is_logged(caplog):
     torch.manual_seed(0)
     obj = _objective(usage_window=2, dead_code_warning=0.9)
-    batch = {"inputs": torch.zeros(4, 1, 16, 16)}  # constant images: the argmax code is the same everywhere
+    batch = Batch(inputs=torch.zeros(4, 1, 16, 16))  # constant images: the argmax code is the same everywhere
     obj(batch)
     obj.update_teacher(1)
     obj(batch)
@@ -121,7 +118,7 @@ def test_training_run_reduces_reconstruction_and_loads_as_tokenizer(tmp_path):
     assert sum(result.losses[-5:]) / 5 < 0.7 * sum(result.losses[:5]) / 5
     tok = load_tokenizer(cfg.run_dir)  # straight from the run directory
     assert tok.grid == (4, 4) and tok.cfg.codebook_size == 512
-    from modalities.image.tokenizer.dvae import main
+    from modalities.image.objectives.tokenizer.dvae import main
 
     assert main([str(cfg.run_dir)]) == 0  # export on its own
     again = load_tokenizer(cfg.run_dir / "tokenizer.pt")

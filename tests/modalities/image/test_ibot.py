@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.image.adapter import ImageAdapter, ImageAdapterConfig
-from modalities.image.data import ImageDataConfig
+from modalities.image.data.dataset import ImageDataConfig
+from modalities.image.data.source import build_pretrain_source
+from modalities.image.data.views import ViewMasker, ViewsConfig
 from modalities.image.masking import ImageMaskConfig
-from modalities.image.objectives.ibot import IBOT, IBOTConfig, embed_any_size, teacher_temp_at
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
+from modalities.image.objectives.ibot import IBOT, IBOTConfig, teacher_temp_at
 from modalities.image.objectives.ibot_head import HeadConfig
-from modalities.image.source import build_pretrain_source
-from modalities.image.views import ViewMasker, ViewsConfig
+from unimim.core.batch import Batch, Views
 from unimim.core.collapse import CollapseError
 from unimim.core.ema import EMAConfig
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
@@ -31,13 +32,12 @@ def _ibot(positions="learned", **kw) -> IBOT:
                                                                                        num_heads=2)), cfg)
 
 
-def _batch(b=3, v=2, local=0, seed=0) -> dict[str, torch.Tensor]:
+def _batch(b=3, v=2, local=0, seed=0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    batch = {"inputs": torch.randn(b, v, 1, 16, 16, generator=g), "mask": torch.rand(b, v, 16, generator=g) < 0.4}
-    batch["mask"][0, 0] = False  # an unmasked view
-    if local:
-        batch["local"] = torch.randn(b, local, 1, 8, 8, generator=g)
-    return batch
+    views, mask = torch.randn(b, v, 1, 16, 16, generator=g), torch.rand(b, v, 16, generator=g) < 0.4
+    mask[0, 0] = False  # an unmasked view
+    loc = torch.randn(b, local, 1, 8, 8, generator=g) if local else None
+    return Batch(inputs=None, views=Views(global_=views, mask=mask, local=loc))
 
 
 def test_view_masker_ratio_range_and_unmasked_views():
@@ -60,9 +60,12 @@ def test_multi_view_source_shapes():
     source = build_pretrain_source(data, ImageMaskConfig(kind="block", min_block=2),
                                    ImageAdapterConfig(image_size=16, patch_size=4, in_chans=1))
     ex = source.example(0, np.random.default_rng(0))
-    assert ex["inputs"].shape == (2, 1, 16, 16) and ex["mask"].shape == (2, 16) and ex["mask"].dtype == torch.bool
+    assert ex["views"].shape == (2, 1, 16, 16) and ex["view_mask"].shape == (2, 16)
+    assert ex["view_mask"].dtype == torch.bool
     assert ex["local"].shape == (3, 1, 8, 8) and ex["skipped"] == 0
-    assert not torch.equal(ex["inputs"][0], ex["inputs"][1])  # two different random views
+    assert not torch.equal(ex["views"][0], ex["views"][1])  # two different random views
+    batch = source.collate([ex, source.example(1, np.random.default_rng(1))])
+    assert batch.views.global_.shape == (2, 2, 1, 16, 16) and batch.views.local.shape == (2, 3, 1, 8, 8)
     with pytest.raises(ValueError, match="block masks"):
         build_pretrain_source(data, ImageMaskConfig(kind="random"), ImageAdapterConfig(image_size=16, patch_size=4,
                                                                                         in_chans=1))
@@ -87,7 +90,7 @@ def test_loss_matches_a_per_image_loop():
 
 
 @torch.no_grad()
-def _loss_by_loop(model: IBOT, batch: dict[str, torch.Tensor]) -> float:
+def _loss_by_loop(model: IBOT, batch: Batch) -> float:
     """The iBOT loss recomputed one image and one view pair at a time (teacher temperature 0.04 at step 0)."""
     tt, st, v = 0.04, 0.1, 2
     t_mod, c, cp = model.teacher.module, model.center[0], model.center_patch[0, 0]
@@ -95,10 +98,10 @@ def _loss_by_loop(model: IBOT, batch: dict[str, torch.Tensor]) -> float:
     for b in range(3):
         teach, stud = [], []
         for i in range(v):
-            x, m = batch["inputs"][b, i : i + 1], batch["mask"][b, i : i + 1]
+            x, m = batch.views.global_[b, i : i + 1], batch.views.mask[b, i : i + 1]
             teach.append(t_mod["head"](t_mod["backbone"]["encoder"](t_mod["backbone"]["adapter"].embed(x)).x)[0])
             stud.append(model.head(model.encoder(model.adapter.embed(x, mask=m)).x)[0])
-        locs = [model.head(model.encoder(embed_any_size(model.adapter, batch["local"][b, j : j + 1])).x)[0, 0]
+        locs = [model.head(model.encoder(model.adapter.embed(batch.views.local[b, j : j + 1])).x)[0, 0]
                 for j in range(2)]
         s_cls = [s[0] for s in stud] + locs
         for q in range(v):
@@ -107,7 +110,7 @@ def _loss_by_loop(model: IBOT, batch: dict[str, torch.Tensor]) -> float:
                 if w != q:
                     total_cls += float(-(pt * torch.log_softmax(sc / st, -1)).sum())
                     n_cls += 1
-            m = batch["mask"][b, q]
+            m = batch.views.mask[b, q]
             per_tok = [float(-(torch.softmax((teach[q][1 + n] - cp) / tt, -1)
                                * torch.log_softmax(stud[q][1 + n] / st, -1)).sum()) for n in range(16) if m[n]]
             total_patch += sum(per_tok) / max(len(per_tok), 1)
@@ -117,7 +120,7 @@ def _loss_by_loop(model: IBOT, batch: dict[str, torch.Tensor]) -> float:
 def test_centres_follow_the_teacher_batch_mean():
     model = _ibot(center_momentum=0.9)
     batch = _batch()
-    x = batch["inputs"].transpose(0, 1).flatten(0, 1)
+    x = batch.views.global_.transpose(0, 1).flatten(0, 1)
     t = model.teacher_scores(x)
     model.train()
     model(batch)
@@ -159,11 +162,24 @@ def test_learned_last_layer_norm():
 def test_local_crops_interpolate_learned_and_sincos_positions():
     for positions in ("learned", "sincos"):
         model = _ibot(positions=positions)
-        x = torch.randn(2, 1, 16, 16)
-        assert torch.equal(embed_any_size(model.adapter, x).x, model.adapter.embed(x).x)  # same size: unchanged
-        assert embed_any_size(model.adapter, torch.randn(2, 1, 8, 8)).x.shape == (2, 1 + 4, 32)
+        assert torch.equal(model.adapter.positions((4, 4)), model.adapter.positions(model.adapter.grid))  # own size
+        assert model.adapter.embed(torch.randn(2, 1, 8, 8)).x.shape == (2, 1 + 4, 32)
     with pytest.raises(ValueError, match="absolute positions"):
-        embed_any_size(_ibot(positions="relative").adapter, torch.randn(2, 1, 8, 8))
+        _ibot(positions="relative").adapter.embed(torch.randn(2, 1, 8, 8))
+
+
+def test_resized_learned_positions_match_timm():
+    from timm.layers import resample_abs_pos_embed
+
+    model = _ibot(positions="learned")
+    with torch.no_grad():
+        table = model.adapter.pos_embed  # (1, 1 + 16, 32) on the 4 x 4 grid
+        for grid in ((2, 2), (3, 5), (6, 6)):
+            peer = resample_abs_pos_embed(table, list(grid), [4, 4], num_prefix_tokens=1, interpolation="bicubic",
+                                          antialias=False)
+            torch.testing.assert_close(model.adapter.positions(grid), peer)
+        ours = model.adapter.embed(torch.randn(2, 1, 8, 20)).x  # a 2 x 5 grid: any multiple of the patch size
+        assert ours.shape == (2, 1 + 10, 32)
 
 
 def test_encode_uses_the_teacher_or_the_student():
@@ -179,7 +195,7 @@ def test_encode_uses_the_teacher_or_the_student():
 
 def test_single_view_batches_are_refused():
     with pytest.raises(ValueError, match="data.views.enabled"):
-        _ibot()({"inputs": torch.randn(2, 1, 16, 16), "mask": torch.zeros(2, 16, dtype=torch.bool)})
+        _ibot()(Batch(inputs=torch.randn(2, 1, 16, 16), mask=torch.zeros(2, 16, dtype=torch.bool)))
 
 
 def test_collapsed_outputs_stop_the_run():

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from modalities.image.masking import RandomMaskGenerator, SimMIMMaskGenerator
+from modalities.image.model.patches import normalize_patches, patchify, unpatchify
 from modalities.image.objectives.mae import MAE
 from modalities.image.objectives.simmim import SimMIM, pixel_mask
-from modalities.image.patches import normalize_patches, patchify, unpatchify
 from tests.conftest import tiny_overrides
-from unimim.experiment import load_recipe
-from unimim.registry import build_objective
+from unimim.app.experiment import load_recipe
+from unimim.app.registry import build_objective
+from unimim.core.batch import Batch
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -58,11 +59,11 @@ def test_mae_loss_is_mse_on_masked_patches_only(monkeypatch, norm_pix):
     noise = torch.randn_like(target)
     # a prediction that is wrong only on visible patches costs nothing
     monkeypatch.setattr(model, "predict", lambda inputs, m: target + noise * (~m).unsqueeze(-1))
-    assert model({"inputs": x, "mask": mask}).loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert model(Batch(inputs=x, mask=mask)).loss.item() == pytest.approx(0.0, abs=1e-7)
     # wrong by `noise` on masked patches: the mean over masked patches of the per-patch mean squared error
     monkeypatch.setattr(model, "predict", lambda inputs, m: target + noise)
     expected = noise.pow(2).mean(-1)[mask].mean()
-    assert model({"inputs": x, "mask": mask}).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model(Batch(inputs=x, mask=mask)).loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_mae_rejects_masks_it_cannot_use():
@@ -71,11 +72,11 @@ def test_mae_rejects_masks_it_cannot_use():
     uneven = torch.zeros(2, 16, dtype=torch.bool)
     uneven[0, :3], uneven[1, :5] = True, True
     with pytest.raises(ValueError, match="same number of masked patches"):
-        model({"inputs": x, "mask": uneven})
+        model(Batch(inputs=x, mask=uneven))
     with pytest.raises(ValueError, match="num_masks"):
-        model({"inputs": x, "mask": torch.ones(2, 3, 16, dtype=torch.bool)})
+        model(Batch(inputs=x, mask=torch.ones(2, 3, 16, dtype=torch.bool)))
     with pytest.raises(ValueError, match="at least one masked patch"):
-        model({"inputs": x, "mask": torch.zeros(2, 16, dtype=torch.bool)})
+        model(Batch(inputs=x, mask=torch.zeros(2, 16, dtype=torch.bool)))
 
 
 def test_pixel_mask_upsamples_each_patch():
@@ -92,10 +93,10 @@ def test_simmim_loss_is_l1_on_masked_pixels_only(recipe, monkeypatch):
     m = pixel_mask(mask, (4, 4), 4)  # (B, 1, 16, 16)
     noise = torch.randn_like(x)
     monkeypatch.setattr(model, "reconstruct", lambda inputs, mk: x + noise * (1 - m))
-    assert model({"inputs": x, "mask": mask}).loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert model(Batch(inputs=x, mask=mask)).loss.item() == pytest.approx(0.0, abs=1e-7)
     monkeypatch.setattr(model, "reconstruct", lambda inputs, mk: x + noise)
     expected = noise.abs()[m.expand_as(x).bool()].mean()  # one channel: the masked-pixel mean of |error|
-    assert model({"inputs": x, "mask": mask}).loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert model(Batch(inputs=x, mask=mask)).loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("recipe", ["simmim_fmnist_cpu.yaml", "simmim_swin_fmnist_cpu.yaml"])
@@ -122,7 +123,7 @@ def test_a_few_steps_reduce_the_loss(recipe):
     x = torch.randn(8, 1, 16, 16).cumsum(-1) / 4  # smooth-ish images: something to reconstruct
     gen = (RandomMaskGenerator(cfg.adapter.grid, 0.75) if cfg.objective == "mae"
            else SimMIMMaskGenerator(16, 4, cfg.masking.mask_patch_size, 0.6))
-    batch = {"inputs": x, "mask": masks(gen, 8)}
+    batch = Batch(inputs=x, mask=masks(gen, 8))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(30):

@@ -8,9 +8,9 @@ import pytest
 
 import unimim.train.run as run_mod
 from tests.conftest import tiny_overrides
-from unimim.experiment import load_recipe
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
 from unimim.train.metrics import read_metrics
-from unimim.train.run import pretrain
 
 ROOT = Path(__file__).resolve().parents[3]
 

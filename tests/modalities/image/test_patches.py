@@ -2,7 +2,7 @@
 
 import torch
 
-from modalities.image.patches import denormalize_patches, normalize_patches, patchify, unpatchify
+from modalities.image.model.patches import denormalize_patches, normalize_patches, patchify, unpatchify
 
 
 def test_patchify_order_is_row_col_channel():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from modalities.image.pictures import GAP, grid_image, reconstruction_panels
 from tests.conftest import tiny_overrides
-from unimim.cli import main
+from unimim.app.cli import main
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes/image"
 

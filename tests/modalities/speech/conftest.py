@@ -1,4 +1,4 @@
-"""The tiny generated speech data set of :mod:`tests.modalities.speech.tiny_audio`, once per session."""
+"""The tiny generated speech data set of :mod:`modalities.speech.data.tiny`, once per session."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.modalities.speech.tiny_audio import write_tiny_speech
+from modalities.speech.data.tiny import write_tiny_speech
 
 
 @pytest.fixture(scope="session")

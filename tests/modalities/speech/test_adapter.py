@@ -7,14 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from modalities.speech.adapter import SHARED_WITH_TEACHER, SpeechAdapter, SpeechAdapterConfig
-from modalities.speech.feature_encoder import (
+from modalities.speech.model.adapter import SHARED_WITH_TEACHER, SpeechAdapter, SpeechAdapterConfig
+from modalities.speech.model.feature_encoder import (
     WAV2VEC2_CONV,
     ConvFeatureEncoder,
     conv_output_lengths,
     frame_padding_mask,
     receptive_field,
 )
+from unimim.core.batch import Batch
 from unimim.core.ema import EMAConfig
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
 from unimim.objectives.data2vec import Data2Vec, Data2VecConfig
@@ -142,7 +143,7 @@ def test_teacher_shares_the_cnn_and_copies_positions_but_averages_the_rest():
     n = int(conv_output_lengths(torch.tensor([600]), SMALL)[0])
     mask = torch.zeros(2, n, dtype=torch.bool)
     mask[:, 4:12] = True
-    model({"inputs": wave, "mask": mask}).loss.backward()
+    model(Batch(inputs=wave, mask=mask)).loss.backward()
     opt.step()
     model.update_teacher(1)
     teacher = dict(model.teacher.module.named_parameters())

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from modalities.speech.adapter import SpeechAdapter
-from modalities.speech.convert_hf import (
+from modalities.speech.interop.convert_hf import (
     from_hf_data2vec_audio,
     hf_config_to_unimim,
     to_hf_data2vec_audio,
     unimim_to_hf_config_kwargs,
 )
+from modalities.speech.model.adapter import SpeechAdapter
 from unimim.nn.encoder import TransformerEncoder
 
 transformers = pytest.importorskip("transformers")

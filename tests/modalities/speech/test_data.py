@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from modalities.speech.data import AudioDataset, KeywordDataset, SpeechDataConfig, fit_clip, load_audio
-from modalities.speech.manifest import Manifest, build_manifest, read_manifest, write_manifest
+from modalities.speech.data.dataset import AudioDataset, KeywordDataset, SpeechDataConfig, fit_clip, load_audio
+from modalities.speech.data.manifest import Manifest, build_manifest, read_manifest, write_manifest
+from modalities.speech.data.source import BatchSpec, SpeechPretrainSource
 from modalities.speech.masking import SpeechMaskConfig
-from modalities.speech.source import BatchSpec, SpeechPretrainSource, collate
 from unimim.train.data import make_loader
 
 CONV = ((8, 10, 5), (8, 3, 2), (8, 2, 2))  # 20 samples per frame, receptive field 25
@@ -98,34 +98,36 @@ def test_batches(tiny_speech, mode):
     src = _source(tiny_speech, mode)
     examples = [src.example(i, np.random.default_rng(i)) for i in range(6)]
     assert max(e["inputs"].shape[0] for e in examples) <= 20000
-    batch = collate(examples)
-    counts = batch["mask"].sum(dim=1)
+    batch = src.collate(examples)
+    assert batch.mask.shape[1] == 1  # one mask per example
+    mask = batch.mask[:, 0]  # (B, N)
+    counts = mask.sum(dim=1)
     assert (counts == counts[0]).all() and counts[0] > 0  # require_same_masks
-    n = batch["mask"].shape[1]
-    assert n == BatchSpec(mode, CONV, SpeechMaskConfig()).num_frames(batch["inputs"].shape[1])
+    n = mask.shape[1]
+    assert n == BatchSpec(mode, CONV, SpeechMaskConfig()).num_frames(batch.inputs.shape[1])
     if mode == "crop":
-        assert "padding_mask" not in batch
-        assert 0.3 < batch["mask"].float().mean() < 0.6
+        assert batch.padding_mask is None
+        assert 0.3 < mask.float().mean() < 0.6
     else:
-        pad = batch["padding_mask"]
+        pad = batch.padding_mask
         lengths = (~pad).sum(dim=1)
         assert torch.equal(pad, torch.arange(pad.shape[1])[None] >= lengths[:, None])  # right padding
         frames = torch.tensor([BatchSpec(mode, CONV, SpeechMaskConfig()).num_frames(int(v)) for v in lengths])
         padded_frames = torch.arange(n)[None] >= frames[:, None]
-        assert not (batch["mask"] & padded_frames).any()  # padded frames are never masked
+        assert not (mask & padded_frames).any()  # padded frames are never masked
 
 
 def test_loader_is_deterministic_and_masks_come_from_workers(tiny_speech):
     src = _source(tiny_speech, "pad", SpeechMaskConfig(kind="block", prob=0.5, length=5, num_masks=2))
 
     def first(workers):
-        it = iter(make_loader(src, batch_size=4, seed=3, num_workers=workers, collate_fn=collate))
+        it = iter(make_loader(src, batch_size=4, seed=3, num_workers=workers, collate_fn=src.collate))
         return [next(it) for _ in range(2)]
 
     a, b = first(0), first(2)
     for x, y in zip(a, b):
-        assert x["mask"].shape[1] == 2 and torch.equal(x["mask"], y["mask"])
-        assert torch.equal(x["inputs"], y["inputs"]) and torch.equal(x["padding_mask"], y["padding_mask"])
+        assert x.mask.shape[1] == 2 and torch.equal(x.mask, y.mask)
+        assert torch.equal(x.inputs, y.inputs) and torch.equal(x.padding_mask, y.padding_mask)
 
 
 def test_config_errors():
@@ -136,8 +138,8 @@ def test_config_errors():
 
 
 def test_path_is_named_when_data_is_missing(tmp_path):
-    from modalities.speech.adapter import SpeechAdapterConfig
-    from modalities.speech.source import build_pretrain_source
+    from modalities.speech.data.source import build_pretrain_source
+    from modalities.speech.model.adapter import SpeechAdapterConfig
 
     cfg = SpeechDataConfig(manifest=str(tmp_path / "nope.tsv"))
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/nope.tsv does not exist.*make data-speech"):

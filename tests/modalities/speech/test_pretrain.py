@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_OVERRIDES
-from unimim.cli import main
-from unimim.experiment import load_recipe
+from tests.conftest import tiny_overrides
+from unimim.app.cli import main
+from unimim.app.experiment import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes/speech"
 
@@ -24,7 +24,8 @@ def _data(tiny_speech) -> list[str]:
     ("data2vec2_tuxpaint_cpu.yaml", ["masking.num_masks=2", "method.decoder.dim=16", "method.decoder.groups=4"]),
 ])
 def test_pretrain_then_probe(tmp_path, tiny_speech, capsys, recipe, extra):
-    args = TINY_OVERRIDES["speech"] + _data(tiny_speech) + extra + [
+    objective = recipe.split("_")[0]
+    args = tiny_overrides("speech", objective) + _data(tiny_speech) + extra + [
         f"train.out_dir={tmp_path}", "name=run", "probe.epochs=3", "probe.knn_k=3"]
     assert main(["pretrain", str(RECIPES / recipe), *args, "--no-progress"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -37,7 +38,7 @@ def test_pretrain_then_probe(tmp_path, tiny_speech, capsys, recipe, extra):
 
 
 def test_missing_data_names_path_and_make_target(tmp_path, caplog):
-    code = main(["pretrain", str(RECIPES / "data2vec_tuxpaint_cpu.yaml"), *TINY_OVERRIDES["speech"],
+    code = main(["pretrain", str(RECIPES / "data2vec_tuxpaint_cpu.yaml"), *tiny_overrides("speech", "data2vec"),
                  f"data.manifest={tmp_path}/none.tsv", f"train.out_dir={tmp_path}"])
     assert code == 2
     assert f"{tmp_path}/none.tsv" in caplog.text and "make data-speech" in caplog.text

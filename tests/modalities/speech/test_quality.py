@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from unimim.eval.run import probe_run
-from unimim.experiment import load_recipe
-from unimim.train.run import pretrain
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
+from unimim.app.probe import probe_run
 
 ROOT = Path(__file__).resolve().parents[3]
 NEEDED = [ROOT / "data/speech/tuxpaint.tsv", ROOT / "data/speech/keywords/train.wrd",

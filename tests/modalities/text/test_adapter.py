@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modalities.text.adapter import EMBED_STD, TextAdapter, TextAdapterConfig
+from modalities.text.model.adapter import EMBED_STD, TextAdapter, TextAdapterConfig
 from unimim.nn.pos_embed import sincos_1d
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from modalities.text.adapter import TextAdapter
-from modalities.text.convert_hf import (
+from modalities.text.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from modalities.text.interop.convert_hf import (
     from_hf_data2vec_text,
     hf_config_to_unimim,
     to_hf_data2vec_text,
     unimim_to_hf_config_kwargs,
 )
-from modalities.text.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from modalities.text.model.adapter import TextAdapter
 from unimim.nn.encoder import TransformerEncoder
 
 transformers = pytest.importorskip("transformers")

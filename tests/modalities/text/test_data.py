@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from modalities.text.corpora import (
+from modalities.text.data.corpora import (
     LEXNAMES,
     gcide_entries,
     html_documents,
@@ -16,9 +16,9 @@ from modalities.text.corpora import (
     synset_split,
     wordnet_glosses,
 )
-from modalities.text.data import TextBlocks, TextDataConfig, TokenArray, make_blocks
-from modalities.text.source import collate
-from modalities.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
+from modalities.text.data.dataset import TextBlocks, TextDataConfig, TokenArray, make_blocks
+from modalities.text.data.source import collate_pretrain
+from modalities.text.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer
 from tests.conftest import TEXT_FIXTURES
 
 TOKENIZER = TEXT_FIXTURES / "tokenizer.json"
@@ -128,9 +128,9 @@ def test_collate_pads():
     items = [{"inputs": np.array([0, 7, 2]), "mask": np.array([False, True, False])},
              {"inputs": np.array([0, 7, 8, 9, 2]), "mask": np.array([False, False, True, True, False])}]
     import torch
-    batch = collate([{k: torch.from_numpy(v) for k, v in it.items()} for it in items])
-    assert batch["inputs"].tolist() == [[0, 7, 2, PAD_ID, PAD_ID], [0, 7, 8, 9, 2]]
-    assert batch["padding_mask"].tolist() == [[False] * 3 + [True] * 2, [False] * 5]
-    assert batch["mask"][0].tolist() == [False, True, False, False, False]
-    same = collate([{"inputs": torch.tensor([0, 5, 2])}] * 2)
-    assert "padding_mask" not in same
+    batch = collate_pretrain([{k: torch.from_numpy(v) for k, v in it.items()} for it in items])
+    assert batch.inputs.tolist() == [[0, 7, 2, PAD_ID, PAD_ID], [0, 7, 8, 9, 2]]
+    assert batch.padding_mask.tolist() == [[False] * 3 + [True] * 2, [False] * 5]
+    assert batch.mask[0, 0].tolist() == [False, True, False, False, False]
+    same = collate_pretrain([{"inputs": torch.tensor([0, 5, 2]), "mask": torch.tensor([False, True, False])}] * 2)
+    assert same.padding_mask is None

@@ -11,23 +11,23 @@ import numpy as np
 import pytest
 import torch
 
+from modalities.text.data.source import collate_pretrain
+from modalities.text.data.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID
 from modalities.text.masking import TextMaskConfig, TextMasker
-from modalities.text.source import collate
-from modalities.text.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import tiny_overrides
+from unimim.app.experiment import load_recipe
+from unimim.app.pretrain import pretrain
+from unimim.app.probe import probe_run
+from unimim.app.registry import build_objective
 from unimim.core.ema import EMAConfig
-from unimim.eval.run import probe_run
-from unimim.experiment import load_recipe
-from unimim.registry import build_objective
-from unimim.train.run import pretrain
 
 ROOT = Path(__file__).resolve().parents[3]
 CPU_RECIPE = ROOT / "recipes/text/data2vec_text_cpu.yaml"
 
 
 def _tiny_cfg(tmp_path, *extra):
-    return load_recipe(CPU_RECIPE, TINY_OVERRIDES["text"] + [f"train.out_dir={tmp_path}", "masking.num_masks=1",
-                                                             "encoder.dropout=0.0", *extra])
+    return load_recipe(CPU_RECIPE, tiny_overrides("text", "data2vec") + [
+        f"train.out_dir={tmp_path}", "masking.num_masks=1", "encoder.dropout=0.0", *extra])
 
 
 def _batch(vocab=300, seed=0):
@@ -39,13 +39,14 @@ def _batch(vocab=300, seed=0):
         mask, student = masker(ids, rng)
         items.append({"inputs": torch.from_numpy(ids), "mask": torch.from_numpy(mask),
                       "student_inputs": torch.from_numpy(student)})
-    return collate(items)
+    return collate_pretrain(items)
 
 
 def test_teacher_sees_clean_full_input_student_sees_corrupted(tmp_path):
     objective = build_objective(_tiny_cfg(tmp_path)).train()
     batch = _batch()
-    assert (batch["student_inputs"] != batch["inputs"]).any()
+    inputs, mask, student, pad = batch.inputs, batch.mask[:, 0], batch.student_inputs[:, 0], batch.padding_mask
+    assert (student != inputs).any()
     seen = {}
 
     def spy(name, module):
@@ -60,28 +61,28 @@ def test_teacher_sees_clean_full_input_student_sees_corrupted(tmp_path):
     spy("student", objective.adapter)
     out = objective(batch)
     teacher_ids, teacher_mask = seen["teacher"]
-    assert torch.equal(teacher_ids, batch["inputs"]) and teacher_mask is None  # every token, uncorrupted
+    assert torch.equal(teacher_ids, inputs) and teacher_mask is None  # every token, uncorrupted
     assert not (teacher_ids == MASK_ID).any()
     student_ids, student_mask = seen["student"]
-    assert torch.equal(student_ids, batch["student_inputs"]) and student_mask is None  # no second substitution
+    assert torch.equal(student_ids, student) and student_mask is None  # no second substitution
     # targets are at all selected positions, the random/unchanged ones included (not only <mask>)
-    m = batch["mask"] & ~batch["padding_mask"]
-    assert (batch["student_inputs"][m] != MASK_ID).any()
-    assert out.logs["mask_ratio"] == pytest.approx(float(batch["mask"].float().mean()))
+    m = mask & ~pad
+    assert (student[m] != MASK_ID).any()
+    assert out.logs["mask_ratio"] == pytest.approx(float(mask.float().mean()))
 
     # the targets are those of the full clean sequence, and differ from the reference's teacher input
     # (pad everywhere except the masked tokens, fairseq#4881)
-    y = objective.targets(batch["inputs"], batch["padding_mask"])
-    ref_input = torch.where(batch["mask"], batch["inputs"], torch.full_like(batch["inputs"], PAD_ID))
+    y = objective.targets(inputs, pad)
+    ref_input = torch.where(mask, inputs, torch.full_like(inputs, PAD_ID))
     ref_input[:, 0] = 0
     y_ref = objective.targets(ref_input, ref_input.eq(PAD_ID))
     assert not torch.allclose(y[m], y_ref[m], atol=1e-3)
     # changing an unmasked token changes the targets at masked positions: the teacher attends to the context
-    ctx = batch["inputs"].clone()
-    pos = int(torch.nonzero(~batch["mask"][0, 1:-1])[0]) + 1
+    ctx = inputs.clone()
+    pos = int(torch.nonzero(~mask[0, 1:-1])[0]) + 1
     ctx[0, pos] = 5 if ctx[0, pos] != 5 else 6
-    y_ctx = objective.targets(ctx, batch["padding_mask"])
-    assert not torch.allclose(y[0][batch["mask"][0]], y_ctx[0][batch["mask"][0]], atol=1e-4)
+    y_ctx = objective.targets(ctx, pad)
+    assert not torch.allclose(y[0][mask[0]], y_ctx[0][mask[0]], atol=1e-4)
 
 
 def test_embeddings_copied_layers_averaged(tmp_path):

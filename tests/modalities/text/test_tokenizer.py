@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modalities.text.tokenizer import (
+from modalities.text.data.tokenizer import (
     MASK_ID,
     NUM_SPECIAL,
     SPECIAL_TOKENS,
@@ -14,7 +14,7 @@ from modalities.text.tokenizer import (
     train_tokenizer,
 )
 from tests.conftest import TEXT_FIXTURES
-from unimim.cli import main
+from unimim.app.cli import main
 
 DOCS = (TEXT_FIXTURES / "corpus.txt").read_text().split("\n\n")
 SAMPLE = "The old horse waits near the market <mask> <s> </s> café ☃"

@@ -1,0 +1,1 @@
+"""Image model parts: patch-embedding adapter, relative position bias, Swin backbone, MAE decoder, patch helpers."""

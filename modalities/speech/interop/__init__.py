@@ -1,0 +1,1 @@
+"""Weights in and out: converters between unimim speech encoders and Hugging Face Data2VecAudio."""

@@ -1,0 +1,1 @@
+"""Weights in and out: converters between unimim text encoders and Hugging Face Data2VecText."""

@@ -1,0 +1,1 @@
+"""Text model parts: the token-embedding adapter."""

@@ -1,0 +1,162 @@
+"""The ``unimim`` command.
+
+    unimim pretrain RECIPE.yaml [key.sub=value ...]    train (resumes the run directory's checkpoint)
+        [--deepspeed CONFIG.json]                      ... under DeepSpeed (= deepspeed.enabled=true
+                                                       deepspeed.config=CONFIG.json); start it with a launcher
+    unimim probe RUN_DIR [key.sub=value ...]           linear probe + kNN, pretrained vs random weights
+    unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config
+    unimim reconstruct RUN_DIR [--images F ...]        MAE / SimMIM reconstruction picture (PNG)
+    unimim tokenizer train OUT INPUT... [options]      train a text tokenizer (OUT: *.json or *.model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+from unimim.config import ConfigError, to_dict
+
+log = logging.getLogger("unimim")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from unimim.app.experiment import load_recipe
+    from unimim.app.pretrain import pretrain
+
+    overrides = list(args.overrides)
+    if args.deepspeed is not None:  # before the user's overrides, so deepspeed.* on the command line still wins
+        overrides = ["deepspeed.enabled=true", f"deepspeed.config={args.deepspeed}", *overrides]
+    cfg = load_recipe(args.recipe, overrides)
+    result = pretrain(cfg, progress=not args.no_progress)
+    log.info("run directory: %s", result.run_dir)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from unimim.app.probe import probe_run
+
+    result = probe_run(args.run_dir, args.overrides, progress=not args.no_progress)
+    print(result["table"])
+    log.info("wrote %s/probe.json", args.run_dir)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from unimim.app.experiment import load_recipe
+
+    print(yaml.safe_dump(to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False), end="")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from unimim.app.reconstruct import reconstruct_run
+
+    try:
+        path = reconstruct_run(args.run_dir, images=args.images, num=args.num, out=args.out, seed=args.seed,
+                               scale=args.scale)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    log.info("wrote %s", path)
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from itertools import chain
+
+    from modalities.text.data.corpora import read_documents
+    from modalities.text.data.tokenizer import TokenizerConfig, train_tokenizer
+
+    try:
+        cfg = TokenizerConfig(backend=args.backend, model_type=args.model_type, vocab_size=args.vocab_size,
+                              min_frequency=args.min_frequency, max_chars=args.max_chars)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    docs = chain.from_iterable(read_documents(p, args.documents) for p in args.inputs)
+    path = train_tokenizer(docs, cfg).save(args.out)
+    log.info("saved %s", path)
+    return 0
+
+
+def _add_tokenizer_parser(sub) -> None:
+    p = sub.add_parser("tokenizer", help="text tokenizers")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a BPE/unigram tokenizer from text files or directories")
+    t.add_argument("out", help="output file: *.json (bytelevel_bpe) or *.model (sentencepiece)")
+    t.add_argument("inputs", nargs="+", help="text files or directories of text files")
+    t.add_argument("--backend", choices=["bytelevel_bpe", "sentencepiece"], default="bytelevel_bpe")
+    t.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--max-chars", type=int, default=None, help="read at most this many characters of text")
+    t.add_argument("--documents", choices=["blank_line", "file"], default="blank_line",
+                   help="documents are blank-line separated blocks, or whole files")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unimim", description="data2vec-centred self-supervised pretraining")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    # launchers that pass --local_rank=N (the process reads LOCAL_RANK from the environment instead)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pretrain", help="pretrain from a recipe")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied last")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--deepspeed", metavar="CONFIG.json", default=None,
+                   help="train under DeepSpeed; the JSON overrides the config generated from the recipe")
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("probe", help="linear probe + kNN of a run's encoder vs random weights")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config (e.g. probe.epochs=50)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("config", help="print the resolved config of a recipe")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("reconstruct", help="picture of a MAE / SimMIM run: original, masked, reconstruction, pasted")
+    p.add_argument("run_dir")
+    p.add_argument("--images", nargs="+", default=[], help="image files (default: the first --num test images)")
+    p.add_argument("--num", type=int, default=8, help="test images to show when --images is not given")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/reconstruction.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    p.add_argument("--scale", type=int, default=4, help="pixel upscaling of each panel")
+    p.set_defaults(func=cmd_reconstruct)
+    _add_tokenizer_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`pretrain R.yaml --deepspeed ds.json train.steps=10`)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    except (RuntimeError, ValueError) as e:  # collapse, non-finite loss, unreadable checkpoint, settings that do not
+        # fit together (e.g. data2vec top_k above the encoder depth): a clear message, no traceback
+        if args.verbose:
+            raise
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""data2vec 2.0: the student encodes only the visible tokens, a conv decoder predicts the teacher's targets.
+
+Baevski, Babu, Hsu, Auli. "Efficient Self-supervised Learning with Contextualized Target Representations for
+Vision, Speech and Language", ICML 2023, §3: the teacher and its targets are those of data2vec 1.0
+(:class:`~unimim.objectives.data2vec.Data2VecBase`); the student encodes only the visible tokens, the lightweight
+conv decoder (:mod:`unimim.nn.decoder`) predicts every position from them plus noise in the masked slots, and each
+example carries R masks that share one teacher pass (multi-mask, ``masking.num_masks``).
+Ref: fairseq examples/data2vec/models/data2vec2.py@3d262bb (../shared/reference/data2vec.md §4).
+Not implemented from 2.0: ALiBi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from unimim.core.masking import MaskInfo, prepend_unmasked
+from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
+from unimim.nn.encoder import TransformerEncoder
+from unimim.objectives.data2vec import Data2VecBase, Data2VecTargetConfig, StudentOutput
+
+
+@dataclass
+class Data2Vec2Config(Data2VecTargetConfig):
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    mask_noise_std: float = 0.01                    # std of the noise in masked decoder slots
+
+
+class Data2Vec2(Data2VecBase):
+    """Visible-only student encoder + :class:`ConvDecoder`; the decoder works on the token grid the adapter declares
+    (images), else on the sequence."""
+
+    cfg: Data2Vec2Config
+
+    def __init__(self, adapter: nn.Module, encoder: TransformerEncoder, cfg: Data2Vec2Config) -> None:
+        super().__init__(adapter, encoder, cfg)
+        self.decoder = ConvDecoder(cfg.decoder, in_dim=encoder.cfg.dim, grid=getattr(adapter, "grid", None))
+        self.attach_teacher(self.backbone, cfg.ema)
+
+    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
+                corrupted: Tensor | None = None) -> StudentOutput:
+        """The encoder sees only visible tokens; the conv decoder fills in the rest."""
+        if corrupted is not None:
+            raise ValueError("data2vec 2.0 drops masked tokens; corrupted student inputs (BERT masking) apply to "
+                             "data2vec 1.0 only")
+        p = self.num_prefix_tokens
+        tokens = self.adapter.embed(inputs, padding_mask=padding_mask)
+        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, T_keep), prefix tokens first
+        if keep is None:
+            raise ValueError(
+                "data2vec 2.0 needs the same number of masked tokens in every row; use a mask that masks an exact "
+                "count (masking.kind: inverse_block or random)"
+            )
+        h = self.encoder(tokens.select(keep)).x  # (B, T_keep, D)
+        full = fill_masked(h[:, p:], MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
+        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
+        return self.decoder(full), (h[:, 0] if p else None), pad
