@@ -3,14 +3,16 @@ cross-rank metric means, and a clear error when another process is lost.
 
 Launchers (``deepspeed``, ``torchrun``, ``srun`` via recipes/launch/slurm.sbatch) export RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Without them (a plain ``unimim pretrain --deepspeed ...``) the process
-is a world of one on a free loopback port.
+is a world of one on a free loopback port, whose variables exist only while the run does (:func:`launch_env`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -31,21 +33,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_launch_env() -> None:
-    """Fill in a world of one when no launcher set the rendezvous variables (all of them or none)."""
+def ensure_launch_env() -> list[str]:
+    """Fill in a world of one when no launcher set the rendezvous variables (all of them or none); returns the
+    names it set (none under a launcher)."""
     present = [k for k in LAUNCH_ENV if k in os.environ]
     if present and len(present) < len(LAUNCH_ENV):
         missing = [k for k in LAUNCH_ENV if k not in os.environ]
         raise DistributedError(f"incomplete launcher environment: {present} set but {missing} missing")
-    if not present:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+    if present:
+        return []
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+    return list(LAUNCH_ENV)
+
+
+@contextlib.contextmanager
+def launch_env() -> Iterator[None]:
+    """The rendezvous variables for the duration of a run (:func:`ensure_launch_env`). Those of a world of one are
+    removed when the run ends, so that what the caller starts later (a launcher, another run in a child process)
+    does not inherit a port this process still holds."""
+    added = ensure_launch_env()
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def init_distributed(timeout_s: float) -> None:
     """Join the process group (DeepSpeed's communication backend: NCCL on GPUs, gloo with DS_ACCELERATOR=cpu).
 
-    ``timeout_s`` bounds every collective: a process that stops answering makes the others fail after it."""
+    ``timeout_s`` bounds every collective: a process that stops answering makes the others fail after it.
+    Inside :func:`launch_env` the variables of a world of one last as long as the run; without it they stay."""
     import deepspeed
 
     ensure_launch_env()

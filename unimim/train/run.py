@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -102,7 +103,15 @@ def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:
     """Train ``cfg`` (an experiment config) in ``cfg.run_dir``; resume from its checkpoint when asked.
 
     With ``deepspeed.enabled`` every process of the job runs this (started by a launcher, recipes/launch/); each
-    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples."""
+    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples.
+    Without a launcher it is a world of one whose rendezvous variables are gone from ``os.environ`` afterwards."""
+    with contextlib.ExitStack() as stack:
+        if cfg.deepspeed.enabled:
+            stack.enter_context(dist_utils.launch_env())
+        return _pretrain(cfg, progress=progress)
+
+
+def _pretrain(cfg: Any, *, progress: bool) -> PretrainResult:
     if cfg.deepspeed.enabled and int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs; the others report warnings and errors only
     if cfg.train.threads:
