@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from unimim.config import ConfigError, load_config, read_yaml
@@ -57,7 +57,7 @@ class TrainConfig:
 
 @dataclass
 class ExperimentBase:
-    name: str = "run"
+    name: str = "run"                 # the run directory is train.out_dir/name (a relative path, no '..')
     modality: str = "image"
     objective: str = "data2vec"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -65,6 +65,11 @@ class ExperimentBase:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def __post_init__(self) -> None:
+        path = PurePosixPath(self.name)
+        if not path.parts or not self.name.strip() or path.is_absolute() or "\\" in self.name or ".." in path.parts:
+            raise ValueError(f"name={self.name!r} must be a relative path inside train.out_dir (no '..', not absolute)")
 
     @property
     def run_dir(self) -> Path:
