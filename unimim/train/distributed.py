@@ -12,6 +12,9 @@ import contextlib
 import logging
 import os
 import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -121,3 +124,47 @@ def peer_failure(err: BaseException, where: str) -> DistributedError | None:
         f"unreachable, so this process stops too (see the other ranks' logs). Backend said: {type(err).__name__}: "
         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     )
+
+
+class Watchdog:
+    """Ends this process when it makes no progress for ``timeout_s`` (``deepspeed.timeout_s``).
+
+    A collective blocked on a peer that hangs (stopped with SIGSTOP, deadlocked, swapping) does not reliably time
+    out by itself (gloo on the CPU waits on a connection that is still open), and a blocked collective cannot be
+    interrupted from Python: so a thread watches the time since the last :meth:`beat` (each micro-batch and each
+    checkpoint write beat) and, past the bound, logs the same clear error as a failed collective and exits the
+    process with status :attr:`EXIT_CODE`. Use it as a context manager around the training loop."""
+
+    EXIT_CODE = 1
+
+    def __init__(self, timeout_s: float, where: str = "during training") -> None:
+        self.timeout_s = timeout_s
+        self.where = where
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="unimim-watchdog", daemon=True)
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.timeout_s / 10)):
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                log.error("rank %d/%d: lost contact with another process %s — no progress for %.0f s "
+                          "(deepspeed.timeout_s=%g): another process died, hung or became unreachable, so this "
+                          "process stops too (see the other ranks' logs)", rank(), world_size(), self.where, idle,
+                          self.timeout_s)
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                sys.stderr.flush()
+                os._exit(self.EXIT_CODE)
+
+    def __enter__(self) -> Watchdog:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
