@@ -7,7 +7,8 @@ the same command again resumes. A second signal aborts at once, without a new ch
 ``KeyboardInterrupt`` (the command exits with 130), SIGTERM takes its default action.
 
 In a multi-process job every process learns of a signal any of them received at the next step's metric mean
-(:func:`unimim.train.loop.train_loop`), so that all of them stop after the same step and save it together.
+(:func:`unimim.train.loop.train_loop`), so that all of them stop after the same step and save it together (those
+that did not receive it themselves exit with 143, as after SIGTERM).
 """
 
 from __future__ import annotations

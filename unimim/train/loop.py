@@ -108,7 +108,7 @@ def train_loop(
         if done % checkpoint_every == 0 or done == total_steps or stop_signal is not None:
             last_ckpt = f"{save(done)} (step {done})"
         bar.update(1)
-        if stop_signal is not None:
+        if stop_signal is not None and done < total_steps:  # (on the last step the run just ends)
             bar.close()
             raise TrainingInterrupted(stop_signal, done, last_ckpt)
     bar.close()
