@@ -70,3 +70,11 @@ def test_every_image_objective_can_be_probed(tmp_path, recipe, caplog):
         assert "probe.layers is not supported" in caplog.text
     else:  # encode(layers=...) is every other objective's contract (iBOT: the teacher's blocks)
         assert main(["probe", str(tmp_path / "run"), "probe.layers=[-1]", "--no-progress"]) == 0
+
+
+def test_a_recipe_with_a_yaml_error_is_one_line(tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 3\n  steps: 4\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["pretrain", str(bad)]) == 2
+    assert caplog.records[-1].getMessage() == f"recipe {bad}: duplicate key 'steps' (line 3, column 3)"

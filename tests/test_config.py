@@ -7,6 +7,7 @@ from unimim.app.experiment import config_from_dict, load_recipe
 from unimim.config import ConfigError, to_dict
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml"))
+IMAGE_RECIPE = Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -65,3 +66,41 @@ def test_unknown_modality_and_objective(tmp_path):
 def test_missing_recipe():
     with pytest.raises(ConfigError, match="recipe not found: /nope.yaml"):
         load_recipe("/nope.yaml")
+
+
+def test_exponent_floats_are_numbers_in_recipes_and_overrides(tmp_path):
+    p = _write(tmp_path, "optim:\n  lr: 1e-3\n  base_lr: null\n  min_lr: 1E-6\n  weight_decay: 5e-2\n")
+    cfg = load_recipe(p, ["optim.eps=1e-9"])
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.eps) == (1e-3, 1e-6, 5e-2, 1e-9)
+    assert load_recipe(p, ["name=1e3x"]).name == "1e3x"  # not a number: stays a string
+
+
+def test_yaml_syntax_errors_and_duplicate_keys_are_one_line_naming_the_file(tmp_path):
+    p = _write(tmp_path, "train:\n  steps: [1\n")
+    with pytest.raises(ConfigError, match=rf"recipe {p} is not valid YAML: .*\(line \d+, column \d+\)$"):
+        load_recipe(p)
+    p = _write(tmp_path, "train:\n  steps: 10\n  batch_size: 4\n  steps: 20\n")
+    with pytest.raises(ConfigError, match=rf"recipe {p}: duplicate key 'steps' \(line 4, column 3\)$"):
+        load_recipe(p)
+    with pytest.raises(ConfigError, match=r"override 'data.mean=\[0.5' is not valid YAML"):
+        load_recipe(_write(tmp_path, "train:\n  steps: 10\n"), ["data.mean=[0.5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1e-3", "optim.lr must be > 0, got -0.001"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+    ("optim.base_lr=-1", "optim.base_lr must be > 0"),
+    ("optim.clip_grad=-1.0", r"optim.clip_grad must be > 0 \(null switches clipping off\)"),
+    ("optim.weight_decay=-0.05", "optim.weight_decay must be >= 0"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0, got -5"),
+    ("encoder.dim=0", "encoder.dim must be >= 1, got 0"),
+    ("encoder.num_heads=0", "encoder.num_heads must be >= 1, got 0"),
+    ("adapter.patch_size=0", "adapter.patch_size must be >= 1, got 0"),
+    ("name=../../x", r"name='../../x' must be a relative path inside train.out_dir"),
+    ("name=/tmp/x", r"name='/tmp/x' must be a relative path inside train.out_dir"),
+    ("name=.", r"name='.' must be a relative path inside train.out_dir"),
+])
+def test_values_out_of_range_are_config_errors_naming_the_key(override, message):
+    extra = {"optim.lr": ["optim.base_lr=null"], "optim.base_lr": ["optim.lr=null"]}.get(override.split("=")[0], [])
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(IMAGE_RECIPE, [override, *extra])

@@ -1,7 +1,9 @@
 """Strict recipe loading: YAML -> typed dataclasses, then ``a.b=value`` overrides, then validation.
 
 A recipe is a delta over the dataclass defaults. Unknown keys fail with the dotted key named and the closest
-valid key suggested; values are type-checked against the dataclass annotations. The resolved config is a plain
+valid key suggested; values are type-checked against the dataclass annotations. YAML is read with
+:class:`RecipeLoader`: numbers as YAML 1.2 reads them (``1e-3`` is a float, not a string) and a key given twice
+in one mapping is an error (PyYAML would keep the last one silently). The resolved config is a plain
 dataclass tree that ``to_dict`` turns back into YAML-able data (saved in every run directory and checkpoint).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -22,6 +25,43 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit the config schema."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 floats (an exponent without a dot, ``1e-3``, is a number) that refuses
+    duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """A PyYAML error as one line: what is wrong and where (line, column)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Parse YAML ``text`` with :class:`RecipeLoader`; errors are one :class:`ConfigError` line naming ``what``."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.constructor.ConstructorError as e:  # a duplicate key, an unknown tag
+        raise ConfigError(f"{what}: {yaml_error_line(e)}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {yaml_error_line(e)}") from None
 
 
 def _type_name(tp: Any) -> str:
@@ -132,7 +172,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), load_yaml(raw, f"override {text!r}") if raw != "" else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -154,8 +194,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from None
+    data = load_yaml(text, f"recipe {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
     return data

@@ -17,7 +17,8 @@ def make(mode="v1", **kw):
     adapter = ImageAdapter(ImageAdapterConfig(image_size=16, patch_size=4, in_chans=1), dim=32, num_heads=2)
     if mode == "v1":
         return Data2Vec(adapter, TransformerEncoder(enc), Data2VecConfig(top_k=2, **kw)).eval()
-    cfg = Data2Vec2Config(top_k=2, mask_noise_std=0.0, decoder=DecoderConfig(dim=32, layers=2, kernel=3, groups=4), **kw)
+    decoder = DecoderConfig(dim=32, layers=2, kernel=3, groups=4)
+    cfg = Data2Vec2Config(top_k=2, mask_noise_std=0.0, decoder=decoder, **kw)
     return Data2Vec2(adapter, TransformerEncoder(enc), cfg).eval()
 
 

@@ -4,6 +4,7 @@ the example configs (checked by DeepSpeed's own validator), the CLI argument, an
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -107,15 +108,47 @@ def test_cli_deepspeed_argument_enables_the_engine(monkeypatch):
     assert main(["pretrain", str(RECIPE)]) == 0 and not seen["cfg"].deepspeed.enabled
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU accelerator's refusal of fp16")
-def test_fp16_on_the_cpu_accelerator_fails_before_start_up(tmp_path, monkeypatch):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU accelerator's fp16 support")
+def test_fp16_on_the_cpu_accelerator_runs_where_supported_else_fails_before_start_up(tmp_path, monkeypatch):
+    """Whether fp16 is refused is the accelerator's answer (an AVX-512 FP16 Xeon says yes, an AMD EPYC no): where it
+    is supported a tiny fp16 run trains; where it is not, the run fails with the clear error before start-up."""
+    from deepspeed.accelerator import get_accelerator
+
     from unimim.app.pretrain import pretrain
 
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    with pytest.raises(ValueError, match="fp16 training is not supported by DeepSpeed's cpu accelerator"):
-        pretrain(cfg_with("train.precision=fp16", f"train.out_dir={tmp_path}"), progress=False)
+    accel = get_accelerator()
+    fp16 = ["train.precision=fp16", "train.steps=2"]
+
+    def refused(out):
+        with pytest.raises(ValueError, match="fp16 training is not supported by DeepSpeed's cpu accelerator"):
+            pretrain(cfg_with(*fp16, f"train.out_dir={out}"), progress=False)
+        assert not (out / "d2v_fmnist" / "deepspeed_config.json").exists()  # before the process group and engine
+
+    if accel.is_fp16_supported():
+        result = pretrain(cfg_with(*fp16, f"train.out_dir={tmp_path / 'fp16'}"), progress=False)
+        assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+        ds = json.loads((result.run_dir / "deepspeed_config.json").read_text())
+        assert ds["fp16"]["enabled"] and not ds["bf16"]["enabled"]
+        monkeypatch.setattr(accel, "is_fp16_supported", lambda: False)  # the other machines' answer
+    refused(tmp_path / "refused")
     with pytest.raises(ConfigError, match="train.device='cuda' but DeepSpeed's accelerator is 'cpu'"):
         pretrain(cfg_with("train.device=cuda", f"train.out_dir={tmp_path}"), progress=False)
+
+
+def test_in_process_deepspeed_run_leaves_the_environment_unchanged(tmp_path, monkeypatch):
+    """A world of one fills in the rendezvous variables for its own run only: a child process started afterwards
+    (e.g. a launcher) must not inherit a MASTER_PORT this process still holds (EADDRINUSE)."""
+    from unimim.app.pretrain import pretrain
+    from unimim.train import distributed as dist_utils
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    for k in dist_utils.LAUNCH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    before = dict(os.environ)
+    result = pretrain(cfg_with("train.precision=fp32", "train.steps=1", f"train.out_dir={tmp_path}"), progress=False)
+    assert len(result.losses) == 1
+    assert dict(os.environ) == before
 
 
 def test_stop_after_then_resume_continues_the_same_trajectory(tmp_path):

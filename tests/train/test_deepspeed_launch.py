@@ -231,3 +231,30 @@ def test_killed_rank_makes_the_other_exit_with_a_clear_error(tmp_path, jobs):
     assert rc != 0, out[-3000:]
     assert "rank 0/2: lost contact with another process during training" in out, out[-3000:]
     assert waited < 60, f"rank 0 took {waited:.0f} s to notice"
+
+
+def test_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, jobs):
+    """A rank stopped with SIGSTOP keeps its connections open, so the collective waiting for it does not fail by
+    itself on gloo (rank 0 was seen blocked for over 200 s against deepspeed.timeout_s=30): the watchdog ends rank 0
+    with the clear error once it has made no progress for deepspeed.timeout_s."""
+    timeout_s = 15
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = free_port()
+    endless = ["train.steps=100000", "train.checkpoint_every=100000", f"deepspeed.timeout_s={timeout_s}"]
+    node0 = jobs(two_nodes(hostfile, port, 0, tmp_path, *endless), tmp_path / "node0.log")
+    node1 = jobs(two_nodes(hostfile, port, 1, tmp_path, *endless), tmp_path / "node1.log")
+    metrics = tmp_path / "d2v_fmnist" / "metrics.jsonl"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (metrics.is_file() and metrics.read_text().strip()):  # training is under way
+        assert node0.proc.poll() is None and node1.proc.poll() is None, node0.output()[-3000:]
+        assert time.monotonic() < deadline, "training did not start:\n" + node0.output()[-3000:]
+        time.sleep(0.2)
+    os.killpg(node1.proc.pid, signal.SIGSTOP)  # node 1's launcher and rank hang (the fixture SIGKILLs them after)
+    t0 = time.monotonic()
+    rc = node0.wait(timeout=timeout_s + 60)
+    waited = time.monotonic() - t0
+    out = node0.output()
+    assert rc != 0, out[-3000:]
+    assert "rank 0/2: lost contact with another process during training" in out, out[-3000:]
+    assert waited < timeout_s + 20, f"rank 0 took {waited:.0f} s to notice"

@@ -7,6 +7,10 @@
     unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config
     unimim reconstruct RUN_DIR [--images F ...]        MAE / SimMIM reconstruction picture (PNG)
     unimim tokenizer train OUT INPUT... [options]      train a text tokenizer (OUT: *.json or *.model)
+
+Exit status: 0 done; 1 a run-time error (one line: non-finite loss, collapse, a full disk, a lost process, a run
+directory in use); 2 a config or input error; 128 + N when signal N stopped a run after a checkpoint (143 SIGTERM,
+130 SIGINT; the same command resumes), 130 too when a second SIGINT aborts it at once.
 """
 
 from __future__ import annotations
@@ -145,8 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
+    from unimim.train.interrupt import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as e:  # SIGTERM / SIGINT: the run saved its step and stopped
+        log.warning("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted: aborted at once (nothing saved since the last checkpoint)")
+        return 130
     except (ConfigError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2

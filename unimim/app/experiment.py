@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from unimim.app.registry import MODALITIES, OBJECTIVES
@@ -43,7 +43,8 @@ class TrainConfig:
     out_dir: str = "runs"             # the run directory is out_dir/name
     log_every: int = 10               # optimizer steps between metric lines
     checkpoint_every: int = 500       # optimizer steps between checkpoints (and at the end)
-    resume: bool = True               # continue from out_dir/name/checkpoint.pt when it exists
+    resume: bool = True               # continue from out_dir/name/checkpoint.pt when it exists; false: start over,
+                                      # the earlier run's files moved to out_dir/name/replaced-<time>/
     threads: int | None = None        # torch intra-op threads (None = torch default)
     stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job
                                       # slice; the schedule still spans `steps`; the next invocation resumes)
@@ -58,7 +59,7 @@ class TrainConfig:
 
 @dataclass
 class ExperimentBase:
-    name: str = "run"
+    name: str = "run"                 # the run directory is train.out_dir/name (a relative path, no '..')
     modality: str = "image"
     objective: str = "data2vec"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -66,6 +67,11 @@ class ExperimentBase:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def __post_init__(self) -> None:
+        path = PurePosixPath(self.name)
+        if not path.parts or not self.name.strip() or path.is_absolute() or "\\" in self.name or ".." in path.parts:
+            raise ValueError(f"name={self.name!r} must be a relative path inside train.out_dir (no '..', not absolute)")
 
     @property
     def run_dir(self) -> Path:

@@ -28,10 +28,16 @@ class EncoderConfig:
     init_std: float = 0.02       # truncated-normal std for Linear weights
 
     def __post_init__(self) -> None:
+        for name in ("dim", "depth", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"encoder.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"encoder.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("drop_path", "dropout", "attn_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"encoder.{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.dim % self.num_heads != 0:
             raise ValueError(f"encoder.dim={self.dim} must be divisible by encoder.num_heads={self.num_heads}")
-        if self.depth < 1:
-            raise ValueError(f"encoder.depth must be >= 1, got {self.depth}")
 
 
 @dataclass

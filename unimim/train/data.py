@@ -8,6 +8,7 @@ start at any micro-batch (resume) and shards every global batch across ranks.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -97,6 +98,13 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         return self.per_epoch
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data workers leave SIGINT / SIGTERM to the main process (a Ctrl-C or scancel reaches the whole process group),
+    which finishes its step and checkpoints with their batches; they exit when it shuts them down or dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(source: ExampleSource, *, batch_size: int, seed: int, start: int = 0, num_workers: int = 0,
                 collate_fn: Callable | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
     """An infinite DataLoader over ``source`` starting at micro-batch ``start``."""
@@ -107,6 +115,7 @@ def make_loader(source: ExampleSource, *, batch_size: int, seed: int, start: int
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # worker base seeds must not draw from the global RNG
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,

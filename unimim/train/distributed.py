@@ -3,14 +3,19 @@ cross-rank metric means, and a clear error when another process is lost.
 
 Launchers (``deepspeed``, ``torchrun``, ``srun`` via recipes/launch/slurm.sbatch) export RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Without them (a plain ``unimim pretrain --deepspeed ...``) the process
-is a world of one on a free loopback port.
+is a world of one on a free loopback port, whose variables exist only while the run does (:func:`launch_env`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -31,21 +36,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_launch_env() -> None:
-    """Fill in a world of one when no launcher set the rendezvous variables (all of them or none)."""
+def ensure_launch_env() -> list[str]:
+    """Fill in a world of one when no launcher set the rendezvous variables (all of them or none); returns the
+    names it set (none under a launcher)."""
     present = [k for k in LAUNCH_ENV if k in os.environ]
     if present and len(present) < len(LAUNCH_ENV):
         missing = [k for k in LAUNCH_ENV if k not in os.environ]
         raise DistributedError(f"incomplete launcher environment: {present} set but {missing} missing")
-    if not present:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+    if present:
+        return []
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+    return list(LAUNCH_ENV)
+
+
+@contextlib.contextmanager
+def launch_env() -> Iterator[None]:
+    """The rendezvous variables for the duration of a run (:func:`ensure_launch_env`). Those of a world of one are
+    removed when the run ends, so that what the caller starts later (a launcher, another run in a child process)
+    does not inherit a port this process still holds."""
+    added = ensure_launch_env()
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def init_distributed(timeout_s: float) -> None:
     """Join the process group (DeepSpeed's communication backend: NCCL on GPUs, gloo with DS_ACCELERATOR=cpu).
 
-    ``timeout_s`` bounds every collective: a process that stops answering makes the others fail after it."""
+    ``timeout_s`` bounds every collective: a process that stops answering makes the others fail after it.
+    Inside :func:`launch_env` the variables of a world of one last as long as the run; without it they stay."""
     import deepspeed
 
     ensure_launch_env()
@@ -102,3 +124,47 @@ def peer_failure(err: BaseException, where: str) -> DistributedError | None:
         f"unreachable, so this process stops too (see the other ranks' logs). Backend said: {type(err).__name__}: "
         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     )
+
+
+class Watchdog:
+    """Ends this process when it makes no progress for ``timeout_s`` (``deepspeed.timeout_s``).
+
+    A collective blocked on a peer that hangs (stopped with SIGSTOP, deadlocked, swapping) does not reliably time
+    out by itself (gloo on the CPU waits on a connection that is still open), and a blocked collective cannot be
+    interrupted from Python: so a thread watches the time since the last :meth:`beat` (each micro-batch and each
+    checkpoint write beat) and, past the bound, logs the same clear error as a failed collective and exits the
+    process with status :attr:`EXIT_CODE`. Use it as a context manager around the training loop."""
+
+    EXIT_CODE = 1
+
+    def __init__(self, timeout_s: float, where: str = "during training") -> None:
+        self.timeout_s = timeout_s
+        self.where = where
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="unimim-watchdog", daemon=True)
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.timeout_s / 10)):
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                log.error("rank %d/%d: lost contact with another process %s — no progress for %.0f s "
+                          "(deepspeed.timeout_s=%g): another process died, hung or became unreachable, so this "
+                          "process stops too (see the other ranks' logs)", rank(), world_size(), self.where, idle,
+                          self.timeout_s)
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                sys.stderr.flush()
+                os._exit(self.EXIT_CODE)
+
+    def __enter__(self) -> Watchdog:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()

@@ -24,6 +24,7 @@ from unimim.config import ConfigError
 from unimim.train import distributed as dist_utils
 from unimim.train.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, rng_state, set_rng_state
 from unimim.train.ds_engine import DeepSpeedEngine
+from unimim.train.run_dir import OutputError, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,15 @@ class DeepSpeedCheckpoints:
 
     def save(self, step: int) -> str:
         """Every rank writes its shard of step ``step``; rank 0 then prunes older tags and exports
-        ``checkpoint.pt``. Returns the exported path."""
+        ``checkpoint.pt``. Returns the exported path. A write that fails (disk full, no permission) is one
+        :class:`~unimim.train.run_dir.OutputError`; the previous complete tag and export are kept."""
+        try:
+            return self._save(step)
+        except OSError as e:
+            raise OutputError(f"rank {self.engine.rank}: cannot write the DeepSpeed checkpoint of step {step} in "
+                              f"{self.save_dir}: {describe_os_error(e)}; the previous checkpoint is kept") from None
+
+    def _save(self, step: int) -> str:
         tag = f"step{step}"
         e = self.engine
         tag_dir = self.save_dir / tag

@@ -41,6 +41,7 @@ class DeepSpeedConfig:
     zero_stage: int = 2          # ZeRO stage: 0 (data parallel), 1 (optimizer states), 2 (+ gradients), 3 (+ weights)
     config: str | None = None    # a DeepSpeed JSON whose keys override the generated config (deep merge)
     timeout_s: float = 600.0     # collective timeout: a process that stops answering fails the others after this
+                                 # (also the watchdog's bound on a micro-batch or a checkpoint write)
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):

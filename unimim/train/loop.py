@@ -3,6 +3,7 @@
 for each optimizer step:
     for each micro-batch:  loss = engine.model(batch).loss  ->  engine.backward(loss)
     engine.step(step)  ->  objective.update_teacher(step + 1)  ->  mean over processes  ->  log  ->  checkpoint
+    a stop signal (SIGTERM / SIGINT, on any process)  ->  checkpoint  ->  raise TrainingInterrupted
 
 ``engine.model`` is the objective as the engine runs it (itself, or wrapped by DeepSpeed). Every process runs
 this loop; only the main one shows progress and writes metrics (``metrics`` is a no-op writer elsewhere).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 from unimim.core.batch import Batch
 from unimim.objectives.base import Objective
 from unimim.train.engine import Engine
+from unimim.train.interrupt import TrainingInterrupted
 from unimim.train.metrics import MetricsWriter, NullMetrics
 
 log = logging.getLogger(__name__)
@@ -45,14 +48,19 @@ def train_loop(
     save: Callable[[int], str],
     metrics: MetricsWriter | NullMetrics,
     progress: bool = True,
+    last_checkpoint: str | None = None,
+    stop_requested: Callable[[], int | None] | None = None,
 ) -> list[float]:
     """Run optimizer steps ``start_step .. total_steps - 1``; return the per-step mean losses.
 
-    ``save(step)`` writes a checkpoint after ``step`` completed updates and returns its path.
+    ``save(step)`` writes a checkpoint after ``step`` completed updates and returns its path; ``last_checkpoint``
+    names the one the run resumed from (for error messages). ``stop_requested()`` returns the number of a signal
+    asking to stop, or None; it is polled after every step (and agreed on by all processes), and a request ends
+    the run with a checkpoint of that step and :class:`~unimim.train.interrupt.TrainingInterrupted`.
     """
     objective.train()
     losses: list[float] = []
-    last_ckpt = "none (no checkpoint written yet)"
+    last_ckpt = last_checkpoint or "none (no checkpoint written yet)"
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and engine.is_main), dynamic_ncols=True,
                desc="pretrain")
     t0, n0 = time.perf_counter(), start_step
@@ -75,10 +83,14 @@ def train_loop(
             logs = out.logs
         stats = engine.step(step)
         stats.update(objective.update_teacher(step + 1))
-        # mean over processes, every step (the returned losses are the global ones); skipped counts are summed
-        logs = engine.reduce_mean({"loss": step_loss, "skipped_inputs": skipped, **logs})
+        # mean over processes, every step (the returned losses are the global ones); skipped counts are summed;
+        # a stop signal of any process (its number; 0 = none) reaches every process here
+        own_stop = stop_requested() if stop_requested is not None else None
+        logs = engine.reduce_mean({"loss": step_loss, "skipped_inputs": skipped, "stop_signal": own_stop or 0,
+                                   **logs})
         step_loss = logs.pop("loss")
         skipped_all = round(logs.pop("skipped_inputs") * engine.world_size)
+        stop_signal = own_stop or (signal.SIGTERM if logs.pop("stop_signal") > 0 else None)
         losses.append(step_loss)
 
         done = step + 1
@@ -89,9 +101,12 @@ def train_loop(
                                  "skipped_inputs": skipped_all})
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{stats['lr']:.2e}", sps=f"{throughput:.0f}")
             t0, n0 = time.perf_counter(), done
-        if done % checkpoint_every == 0 or done == total_steps:
-            last_ckpt = save(done)
+        if done % checkpoint_every == 0 or done == total_steps or stop_signal is not None:
+            last_ckpt = f"{save(done)} (step {done})"
         bar.update(1)
+        if stop_signal is not None and done < total_steps:  # (on the last step the run just ends)
+            bar.close()
+            raise TrainingInterrupted(stop_signal, done, last_ckpt)
     bar.close()
     if skipped:
         log.warning("%d unreadable inputs were skipped by this process (see the warnings above)", skipped)

@@ -22,6 +22,22 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if (self.lr is None) == (self.base_lr is None):
             raise ValueError("set exactly one of optim.lr and optim.base_lr (the other to null)")
+        for name in ("lr", "base_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {value}")
+        if not self.min_lr >= 0:
+            raise ValueError(f"optim.min_lr must be >= 0, got {self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"optim.clip_grad must be > 0 (null switches clipping off), got {self.clip_grad}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
 
 
 def peak_lr(cfg: OptimConfig, effective_batch: int) -> float:

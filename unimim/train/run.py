@@ -3,10 +3,11 @@ checkpoints and resume. The composition root (:mod:`unimim.app.pretrain`) builds
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,20 +17,25 @@ import torch
 import yaml
 
 from unimim.config import ConfigError, to_dict
+from unimim.core.batch import Batch
 from unimim.train import distributed as dist_utils
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
 from unimim.train.data import ExampleSource, make_loader
 from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
+from unimim.train.interrupt import stop_on_signals
 from unimim.train.loop import train_loop
 from unimim.train.metrics import MetricsWriter, NullMetrics
 from unimim.train.optim import build_optimizer, peak_lr
+from unimim.train.run_dir import OutputError, describe_os_error, locked, make_run_dir, remove_partial_files, set_aside
 from unimim.train.schedules import cosine_with_warmup
 
 log = logging.getLogger(__name__)
 
-# keys that may differ between a run and its resumption without changing the trajectory
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every", "train.num_workers",
+# keys that may differ between a run and its resumption without changing the trajectory. Not train.steps: the lr
+# schedule spans it, so a new length would jump the lr (end a job slice early with train.stop_after instead).
+# Not part of a run's identity either: train.out_dir (a moved or copied run directory resumes).
+RESUMABLE_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
                      "train.resume", "train.threads", "train.device", "train.stop_after", "deepspeed.timeout_s",
                      "probe.")
 
@@ -63,22 +69,29 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if diffs:
         detail = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:8])
+        hint = (" The lr schedule spans train.steps: keep it, and end a job early with train.stop_after=N."
+                if "train.steps" in diffs else "")
         raise ConfigError(
-            f"cannot resume: the config differs from the checkpoint's ({detail}). "
+            f"cannot resume: the config differs from the checkpoint's ({detail}).{hint} "
             "Use another name=..., or train.resume=false to start over in the same directory."
         )
 
 
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {describe_os_error(e)}") from None
+
+
 def write_config(cfg: Any, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    _write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray) -> Any:
-    """Join the process group, then wrap ``objective`` in a DeepSpeed engine (its config saved in the run dir)."""
+def _check_accelerator(cfg: Any) -> None:
+    """Refuse a device or precision that DeepSpeed's accelerator does not offer, before anything starts."""
     from deepspeed.accelerator import get_accelerator
-
-    from unimim.train.ds_engine import DS_CONFIG_NAME, DeepSpeedEngine, build_ds_config
 
     accel = get_accelerator()  # DeepSpeed's accelerator: cuda, or cpu with DS_ACCELERATOR=cpu
     if cfg.train.device not in ("auto", accel.device_name()):
@@ -89,19 +102,64 @@ def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray)
     if not supported[cfg.train.precision]:
         raise ValueError(f"{cfg.train.precision} training is not supported by DeepSpeed's {accel.device_name()} "
                          "accelerator; use precision: bf16" + (" or fp32" if cfg.train.precision == "bf16" else ""))
+
+
+def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray) -> Any:
+    """Join the process group, then wrap ``objective`` in a DeepSpeed engine (its config saved in the run dir)."""
+    from unimim.train.ds_engine import DS_CONFIG_NAME, DeepSpeedEngine, build_ds_config
+
+    _check_accelerator(cfg)
     dist_utils.init_distributed(cfg.deepspeed.timeout_s)
     ds_config = build_ds_config(cfg, dist_utils.world_size())
     if dist_utils.rank() == 0:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / DS_CONFIG_NAME).write_text(json.dumps(ds_config, indent=2) + "\n")
+        _write_text(cfg.run_dir / DS_CONFIG_NAME, json.dumps(ds_config, indent=2) + "\n")
     return DeepSpeedEngine(objective, build_optimizer(objective, cfg.optim), schedule, ds_config=ds_config,
                            precision=cfg.train.precision)
 
 
+def _beating(batches: Iterator[Batch], beat: Callable[[], None]) -> Iterator[Batch]:
+    for batch in batches:
+        beat()
+        yield batch
+
+
+def _beating_save(save: Callable[[int], str], beat: Callable[[], None]) -> Callable[[int], str]:
+    def beating(step: int) -> str:
+        beat()
+        path = save(step)
+        beat()
+        return path
+
+    return beating
+
+
+@contextlib.contextmanager
+def run_context(cfg: Any) -> Iterator[None]:
+    """The process group and the run directory of one pretraining run, around building and training.
+
+    With ``deepspeed.enabled`` the process joins the group first (without a launcher: a world of one whose
+    rendezvous variables are gone from ``os.environ`` afterwards). The run directory is locked for the run (a second
+    run in it fails at once, :mod:`unimim.train.run_dir`); ``train.resume=false`` sets an earlier run's files aside
+    in it and starts over."""
+    with contextlib.ExitStack() as stack:
+        if cfg.deepspeed.enabled:
+            stack.enter_context(dist_utils.launch_env())
+            _check_accelerator(cfg)
+            dist_utils.init_distributed(cfg.deepspeed.timeout_s)
+        if dist_utils.rank() == 0:  # one process owns the directory; the others wait until it is ready
+            make_run_dir(cfg.run_dir, cfg.train.out_dir)
+            stack.enter_context(locked(cfg.run_dir))
+            if not cfg.train.resume:
+                set_aside(cfg.run_dir)
+            remove_partial_files(cfg.run_dir)
+        dist_utils.barrier()
+        yield
+
+
 def prepare_process(cfg: Any) -> None:
     """Per-process set-up before anything is built: log level by rank, intra-op threads, the seeds (the objective's
-    initial weights are drawn after this)."""
-    if cfg.deepspeed.enabled and int(os.environ.get("RANK", "0")) != 0:
+    initial weights are drawn after this). Inside :func:`run_context`."""
+    if cfg.deepspeed.enabled and dist_utils.rank() != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs; the others report warnings and errors only
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -111,10 +169,13 @@ def prepare_process(cfg: Any) -> None:
 def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource, *,
                     progress: bool = True) -> PretrainResult:
     """Train ``objective`` on ``source`` (its ``collate`` makes the batches) as ``cfg`` (an experiment config) says,
-    in ``cfg.run_dir``; resume from its checkpoint when asked. Call :func:`prepare_process` before building them.
+    in ``cfg.run_dir``; resume from its checkpoint when asked. Call it inside :func:`run_context`, and
+    :func:`prepare_process` before building the parts.
 
     With ``deepspeed.enabled`` every process of the job runs this (started by a launcher, recipes/launch/); each
-    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples."""
+    trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples.
+    SIGTERM / SIGINT stop the run after the current step with a checkpoint
+    (:class:`~unimim.train.interrupt.TrainingInterrupted`)."""
     run_dir = cfg.run_dir
     ckpt_path = run_dir / CHECKPOINT_NAME
     resolved = to_dict(cfg)
@@ -148,9 +209,17 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
             engine.load_state_dict(ckpt["engine"])
             set_rng_state(ckpt["rng"])
             start = int(ckpt["step"])
+        saved = {"step": start}
 
         def save(step: int) -> str:
-            save_checkpoint(ckpt_path, model=objective, engine=engine, step=step, config=resolved)
+            try:
+                save_checkpoint(ckpt_path, model=objective, engine=engine, step=step, config=resolved)
+            except OSError as e:
+                kept = (f"the checkpoint of step {saved['step']} is kept" if ckpt_path.is_file()
+                        else "no earlier checkpoint exists")
+                raise OutputError(f"cannot write the checkpoint of step {step} to {ckpt_path}: "
+                                  f"{describe_os_error(e)}; {kept}") from None
+            saved["step"] = step
             return str(ckpt_path)
 
     if start:
@@ -166,14 +235,21 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                          start=start * cfg.train.accumulate, num_workers=cfg.train.num_workers,
                          collate_fn=source.collate, rank=dist_utils.rank(), world_size=engine.world_size)
-    metrics = MetricsWriter(run_dir) if engine.is_main else NullMetrics()
+    metrics = MetricsWriter(run_dir, start_step=start) if engine.is_main else NullMetrics()
+    batches = iter(loader)
+    watchdog: Any = contextlib.nullcontext()
+    if engine.world_size > 1:  # a hung peer must not block this process past deepspeed.timeout_s, on any backend
+        watchdog = dist_utils.Watchdog(cfg.deepspeed.timeout_s)
+        batches, save = _beating(batches, watchdog.beat), _beating_save(save, watchdog.beat)
     try:
-        losses = train_loop(
-            objective, engine, iter(loader), start_step=start, total_steps=end,
-            accumulate=cfg.train.accumulate, samples_per_step=global_batch,
-            log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, save=save,
-            metrics=metrics, progress=progress,
-        )
+        with stop_on_signals() as stop_requested, watchdog:
+            losses = train_loop(
+                objective, engine, batches, start_step=start, total_steps=end,
+                accumulate=cfg.train.accumulate, samples_per_step=global_batch,
+                log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, save=save,
+                metrics=metrics, progress=progress, stop_requested=stop_requested,
+                last_checkpoint=f"{ckpt_path} (step {start})" if start else None,
+            )
     except RuntimeError as e:
         lost = dist_utils.peer_failure(e, "during training") if engine.world_size > 1 else None
         if lost is not None:

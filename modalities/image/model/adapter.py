@@ -28,6 +28,9 @@ class ImageAdapterConfig:
     cls_token: bool = True       # prepend a learned cls token (never masked)
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "in_chans"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"adapter.{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"adapter.image_size={self.image_size} is not divisible by adapter.patch_size={self.patch_size}"
