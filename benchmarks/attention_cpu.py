@@ -45,7 +45,7 @@ def time_attention(math_max: int, B: int, T: int, D: int, H: int, iters: int) ->
 
 def time_text_step(math_max: int, steps: int) -> float:
     """Seconds per training step of the CPU text recipe (data from `make data-text`)."""
-    from modalities.text.data.source import build_pretrain_source, collate
+    from modalities.text.data.source import build_pretrain_source
     from unimim.app.experiment import config_from_dict
     from unimim.app.registry import build_objective
 
@@ -56,7 +56,7 @@ def time_text_step(math_max: int, steps: int) -> float:
     objective = build_objective(cfg)
     source = build_pretrain_source(cfg.data, cfg.masking, cfg.adapter)
     rng = np.random.default_rng(0)
-    batches = [collate([source.example(int(i), rng) for i in rng.integers(0, len(source), cfg.train.batch_size)])
+    batches = [source.collate([source.example(int(i), rng) for i in rng.integers(0, len(source), cfg.train.batch_size)])
                for _ in range(steps + 2)]
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-4)
     for i, batch in enumerate(batches):

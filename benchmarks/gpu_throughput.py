@@ -128,24 +128,21 @@ def load_cfg(overrides: list[str]) -> Any:
     return load_recipe(RECIPE, overrides)
 
 
-def make_batches(cfg: Any, n: int, device: torch.device) -> list[dict[str, Any]]:
+def make_batches(cfg: Any, n: int, device: torch.device) -> list[Any]:
     """``n`` batches of the recipe's data pipeline (synthetic source), on ``device``."""
     from unimim.app.registry import MODALITIES
     from unimim.train.data import make_loader
-    from unimim.train.loop import to_device
 
     spec = MODALITIES[cfg.modality]
     source = spec.build_pretrain_source(cfg.data, cfg.masking, cfg.adapter)
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed, num_workers=0,
-                         collate_fn=spec.collate)
+                         collate_fn=source.collate)
     it = iter(loader)
     batches = []
     for _ in range(n):
-        b = next(it)
-        b.pop("skipped", None)
-        batches.append(to_device(b, device))
-    shapes = {k: tuple(v.shape) for k, v in batches[0].items() if torch.is_tensor(v)}
-    masked = float(batches[0]["mask"].float().mean())
+        batches.append(next(it).to(device))
+    shapes = {k: tuple(v.shape) for k, v in vars(batches[0]).items() if torch.is_tensor(v)}
+    masked = float(batches[0].mask.float().mean())
     log.info("data: %d batches of %s, masked fraction %.3f", n, shapes, masked)
     return batches
 
@@ -266,10 +263,10 @@ def run_peer(args: argparse.Namespace, device: torch.device, batches: list[dict[
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    labels = [torch.randint(0, PEER_CLASSES, (b["inputs"].shape[0],), generator=gen).to(device) for b in batches]
+    labels = [torch.randint(0, PEER_CLASSES, (b.inputs.shape[0],), generator=gen).to(device) for b in batches]
     autocast = (contextlib.nullcontext() if args.precision == "fp32"
                 else torch.autocast(device_type=device.type, dtype=DTYPES[args.precision]))
-    timed = TimedBatches([{"inputs": b["inputs"], "labels": y} for b, y in zip(batches, labels)], device)
+    timed = TimedBatches([{"inputs": b.inputs, "labels": y} for b, y in zip(batches, labels)], device)
     losses = []
     for _ in range(args.warmup + args.steps):
         batch = next(timed)

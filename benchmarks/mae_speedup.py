@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 from modalities.image.masking import build_mask_generator  # noqa: E402
 from unimim.app.experiment import load_recipe  # noqa: E402
 from unimim.app.registry import build_objective  # noqa: E402
+from unimim.core.batch import Batch  # noqa: E402
+from unimim.core.masking import draw_masks  # noqa: E402
 from unimim.objectives.base import ObjectiveOutput  # noqa: E402
 from unimim.train.engine import SingleProcessEngine, resolve_device  # noqa: E402
 from unimim.train.optim import OptimConfig, build_optimizer  # noqa: E402
@@ -62,9 +64,9 @@ MODELS = {
 }
 
 
-def all_patches_forward(model: Any, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+def all_patches_forward(model: Any, batch: Batch) -> ObjectiveOutput:
     """The baseline: the MAE model with its encoder run on every patch (mask tokens substituted at the input)."""
-    x, mask = batch["inputs"], batch["mask"]  # (B, C, S, S), (B, N)
+    x, mask = batch.inputs, batch.single_mask("MAE")  # (B, C, S, S), (B, N)
     tokens = model.adapter.embed(x, mask=mask)  # (B, 1 + N, D), masked patches = mask token
     h = model.encoder(tokens).x  # (B, 1 + N, D): every patch goes through the encoder
     b, n = mask.shape
@@ -108,14 +110,14 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict[str
                                image_size=cfg.adapter.image_size)
     rng = np.random.default_rng(0)
     s, c = cfg.adapter.image_size, cfg.adapter.in_chans
-    batch = {"inputs": torch.randn(bs, c, s, s, device=device),
-             "mask": torch.from_numpy(np.stack([gen(rng) for _ in range(bs)])).to(device)}
+    batch = Batch(inputs=torch.randn(bs, c, s, s, device=device),
+                  mask=torch.from_numpy(draw_masks(gen, rng, bs)).to(device))  # (B, N): one mask per image
     optim = OptimConfig(lr=1e-4, base_lr=None, warmup_steps=0, clip_grad=None, betas=(0.9, 0.95))
     engine = SingleProcessEngine(model, build_optimizer(model, optim), np.full(1, 1e-4), device=device,
                                  accumulate=1, clip_grad=None, precision=args.precision)
     model.train()
     row: dict[str, Any] = {"model": name, "batch_size": bs, "precision": args.precision,
-                           "patches": int(batch["mask"].shape[1]), "masked": int(batch["mask"][0].sum())}
+                           "patches": int(batch.mask.shape[2]), "masked": int(batch.mask[0, 0].sum())}
     for variant, fwd in (("mae", model), ("all_patches", lambda b: all_patches_forward(model, b))):
         t = time_steps(engine, fwd, batch, args.steps, args.warmup)
         row[f"{variant}_s"] = statistics.median(t)

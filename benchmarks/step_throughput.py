@@ -70,6 +70,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimim.core.batch import Batch
+
 log = logging.getLogger("step_throughput")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +148,7 @@ def _cpu_flash_mapping() -> dict[Any, Any]:
     return mapping
 
 
-def counted_flops(objective: torch.nn.Module, engine: Any, batch: dict[str, torch.Tensor]) -> float:
+def counted_flops(objective: torch.nn.Module, engine: Any, batch: Batch) -> float:
     """Total FLOPs FlopCounterMode records over one objective forward + backward (gradients discarded)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -219,7 +221,7 @@ def make_masks(cfg: Any, batch: int, steps: int, seed: int) -> list[torch.Tensor
     )
     masks = []
     for s in range(steps):
-        rows = [gen(np.random.default_rng([seed, s, i])) for i in range(batch)]
+        rows = [gen(np.random.default_rng([seed, s, i])) for i in range(batch)]  # MaskGenerator protocol
         masks.append(torch.from_numpy(np.stack(rows)))  # (B, N) bool
     return masks
 
@@ -277,7 +279,7 @@ def bench_model(
     losses: list[float] = []
     cpu_used = 0.0
     for step in range(total):
-        batch_in = {"inputs": inputs, "mask": masks[step]}
+        batch_in = Batch(inputs=inputs, mask=masks[step])
         sync(device)
         c0, t0 = time.process_time(), time.perf_counter()
         with engine.autocast():
@@ -300,7 +302,7 @@ def bench_model(
     flops = analytic_flops(cfg)
     counted = None
     if flop_count:
-        counted = counted_flops(objective, engine, {"inputs": inputs, "mask": masks[-1]}) / batch
+        counted = counted_flops(objective, engine, Batch(inputs=inputs, mask=masks[-1])) / batch
         log.info("%s: FLOPs/image analytic %.4g, FlopCounterMode %.4g (ratio %.4f)", key, flops.step, counted,
                  counted / flops.step)
 

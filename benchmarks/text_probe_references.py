@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import yaml
 
 from modalities.text.data.dataset import TokenArray
-from modalities.text.data.source import build_eval_sets, build_pretrain_source, collate
+from modalities.text.data.source import build_eval_sets, build_pretrain_source
 from modalities.text.data.tokenizer import load_tokenizer
 from unimim.app.experiment import config_from_dict
 from unimim.app.registry import build_objective
@@ -128,12 +128,12 @@ def mlm(out: Path, steps: int, batch_size: int, lr: float, warmup: int) -> None:
                                                                           (steps - warmup)))
         for group in opt.param_groups:
             group["lr"] = lr * scale
-        batch = collate([source.example(int(i), rng) for i in rng.integers(0, len(source), batch_size)])
-        mask = batch["mask"]  # (B, T) bool: the selected tokens (80/10/10 already applied to student_inputs)
+        batch = source.collate([source.example(int(i), rng) for i in rng.integers(0, len(source), batch_size)])
+        mask = batch.mask[:, 0]  # (B, T) bool: the selected tokens (80/10/10 already applied to student_inputs)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = encoder(adapter.embed(batch["student_inputs"])).x[mask]  # (n, D)
+            hidden = encoder(adapter.embed(batch.student_inputs[:, 0])).x[mask]  # (n, D)
             logits = transform(hidden) @ adapter.tokens.weight.T + out_bias  # (n, V), tied output embedding
-        loss = F.cross_entropy(logits.float(), batch["inputs"][mask])
+        loss = F.cross_entropy(logits.float(), batch.inputs[mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
