@@ -73,7 +73,8 @@ def cpu_model() -> str:
 
 
 # -- the steps ---------------------------------------------------------------------------------------------------
-def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tuple[Any, Any, dict[str, Any]]:
+def ours(row: str, device: torch.device, precision: str, batch_size: int,
+         compile: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     """(step(), flop_pass(), info) of a unimim objective built from its recipe (nothing by hand)."""
     from modalities.image.masking import build_mask_generator
     from unimim.app.experiment import load_recipe
@@ -92,6 +93,7 @@ def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tup
     engine = SingleProcessEngine(model, build_optimizer(model, cfg.optim), np.full(10_000, 1e-4), device=device,
                                  accumulate=1, clip_grad=cfg.optim.clip_grad, precision=precision)
     model.train()
+    forward = torch.compile(model) if compile else model  # train.compile's lever, measured here
     a = cfg.adapter
     gen = build_mask_generator(cfg.masking, a.grid, patch_size=a.patch_size, image_size=a.image_size)
     rng = np.random.default_rng(0)
@@ -103,7 +105,7 @@ def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tup
     def forward_backward() -> torch.Tensor:
         batch = Batch(inputs=x, mask=masks[state["i"] % len(masks)])
         with engine.autocast():
-            out = model(batch)
+            out = forward(batch)
         engine.backward(out.loss)
         return out.loss
 
