@@ -9,6 +9,7 @@ Rows (ViT-S/16 at 224 px by default, batch 8, bf16 autocast on the CPU, SDPA att
   ``transformers.Data2VecVisionModel``: the student with ``bool_masked_pos``, an EMA teacher (a second
   Data2VecVisionModel, ``output_hidden_states``), the same top-K targets (instance norm of each block output, mean,
   layer norm), a linear head, smooth-L1 at masked positions, and the EMA update (``torch._foreach_lerp_``).
+* ``d2v1_ckpt``: ``d2v1`` with ``encoder.grad_checkpointing`` (the activation-memory / compute trade).
 * ``d2v2_r1``, ``d2v2_r8``: unimim data2vec 2.0 (``recipes/image/data2vec2_vitb16_in1k.yaml`` at width 384) with
   1 and 8 masks per image (no HF peer exists).
 
@@ -59,6 +60,7 @@ ROWS = {  # row -> (label, peer of)
     "mae_hf": ("ViTMAEForPreTraining", "mae"),
     "d2v1": ("data2vec 1.0 (K=6, rel. pos. bias, layer scale)", None),
     "d2v1_hf": ("Data2VecVisionModel student + teacher", "d2v1"),
+    "d2v1_ckpt": ("data2vec 1.0, encoder.grad_checkpointing", None),
     "d2v2_r1": ("data2vec 2.0, 1 mask per image", None),
     "d2v2_r8": ("data2vec 2.0, 8 masks per image", None),
 }
@@ -84,6 +86,7 @@ def ours(row: str, device: torch.device, precision: str, batch_size: int,
     from unimim.train.optim import build_optimizer
 
     recipe, extra = {"mae": ("mae_vitb16_in1k.yaml", []), "d2v1": ("data2vec_vitb16_in1k.yaml", []),
+                     "d2v1_ckpt": ("data2vec_vitb16_in1k.yaml", ["encoder.grad_checkpointing=true"]),
                      "d2v2_r1": ("data2vec2_vitb16_in1k.yaml", ["masking.num_masks=1"]),
                      "d2v2_r8": ("data2vec2_vitb16_in1k.yaml", ["masking.num_masks=8"])}[row]
     cfg = load_recipe(RECIPES / recipe, [*VITS, *extra, f"train.precision={precision}", "optim.lr=1e-4",

@@ -97,3 +97,33 @@ def test_qv_bias_has_no_key_bias():
 def test_bad_config():
     with pytest.raises(ValueError, match="divisible"):
         EncoderConfig(dim=10, num_heads=3)
+
+
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
+    import copy
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(dim=32, depth=3, num_heads=2, drop_path=0.2, dropout=0.1)
+    plain = TransformerEncoder(cfg).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.cfg = EncoderConfig(**{**vars(cfg), "grad_checkpointing": True})
+    x = torch.randn(4, 7, 32)
+    outs, grads = [], []
+    for model in (plain, ckpt):
+        torch.manual_seed(1)  # the same dropout / drop-path draws in both
+        out = model(Tokens(x=x))
+        (out.x.square().mean() + sum(h.mean() for h in out.ffn)).backward()
+        outs.append(out.x.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    calls, forward = [], ckpt.blocks[0].forward
+
+    def counted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    ckpt.blocks[0].forward = counted
+    ckpt(Tokens(x=x)).x.sum().backward()
+    assert len(calls) == 2  # the block ran again in the backward pass: its activations were not kept

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from unimim.nn.block import Block
 from unimim.nn.tokens import Tokens
@@ -26,6 +27,8 @@ class EncoderConfig:
     attn_dropout: float = 0.0
     norm_eps: float = 1e-6       # 1e-6 ViT/BEiT, 1e-5 fairseq speech/text
     init_std: float = 0.02       # truncated-normal std for Linear weights
+    grad_checkpointing: bool = False  # recompute each block in the backward pass: less activation memory, ~1/3 more
+                                      # compute (benchmarks/peer_table.py measures the trade)
 
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "num_heads"):
@@ -92,8 +95,12 @@ class TransformerEncoder(nn.Module):
         """tokens.x: (B, T, D) -> EncoderOutput with x (B, T, D) and L per-layer tensors (B, T, D)."""
         x = tokens.x
         layers, ffn = [], []
+        recompute = self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x, f = block(x, tokens.padding_mask, tokens.attn_bias)
+            if recompute:  # only the block inputs are kept; the RNG state is replayed (dropout, drop path)
+                x, f = checkpoint(block, x, tokens.padding_mask, tokens.attn_bias, use_reentrant=False)
+            else:
+                x, f = block(x, tokens.padding_mask, tokens.attn_bias)
             layers.append(x)
             ffn.append(f)
         return EncoderOutput(x=self.norm(x), layers=layers, ffn=ffn)
