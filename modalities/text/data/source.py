@@ -165,7 +165,7 @@ def bind_run_dir(data: TextDataConfig, run_dir: Path) -> None:
         dst = existing[0]
         problem = _copy_problem(dst)
         if problem is not None:
-            _replace_damaged_copy(src, dst, problem)
+            dst = _replace_damaged_copy(src, dst, problem)
     else:
         dst = run_dir / f"{RUN_TOKENIZER}{src.suffix}"
         if not src.is_file():
@@ -203,7 +203,8 @@ def _copy_problem(copy: Path) -> str | None:
     return None
 
 
-def _replace_damaged_copy(src: Path, dst: Path, problem: str) -> None:
+def _replace_damaged_copy(src: Path, dst: Path, problem: str) -> Path:
+    """Replace the damaged copy ``dst`` by ``src`` (see :func:`bind_run_dir`); returns the new copy's path."""
     record = _record(dst)
     expected = record.read_text().strip() if record.is_file() else None
     if src.resolve() == dst.resolve() or not src.is_file():
@@ -219,4 +220,9 @@ def _replace_damaged_copy(src: Path, dst: Path, problem: str) -> None:
         raise ValueError(f"the run's tokenizer copy {dst} is damaged and data.tokenizer cannot replace it: {e}") \
             from None
     log.warning("the run's tokenizer copy %s is damaged (%s); replacing it with %s", dst, problem, src)
-    _copy(src, dst)
+    new = dst.with_suffix(src.suffix)
+    _copy(src, new)
+    if new != dst:  # another back end: the damaged file goes, so that one copy is left
+        dst.unlink()
+        record.unlink(missing_ok=True)
+    return new

@@ -103,3 +103,9 @@ def test_bad_tokenizer_copy_does_not_pin_the_run_directory(tmp_path, caplog):
         bind_run_dir(TextDataConfig(tokenizer=str(other)), run)
     bind_run_dir(TextDataConfig(tokenizer=str(good)), run)
     assert (run / "tokenizer.json").read_bytes() == good.read_bytes()
+    (run / "tokenizer.json").unlink()
+    (run / "tokenizer.json.sha256").unlink()
+    (run / "tokenizer.model").write_bytes(b"")  # a damaged copy of another back end
+    cfg = TextDataConfig(tokenizer=str(good))
+    bind_run_dir(cfg, run)
+    assert cfg.tokenizer == str(run / "tokenizer.json") and not (run / "tokenizer.model").exists()
