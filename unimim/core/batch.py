@@ -48,7 +48,9 @@ class Batch:
         student_inputs: (B, R, N) the input corrupted by the masking itself (BERT's 80/10/10 on token ids), one per
             mask, or ``None``; the teacher always sees the clean ``inputs``.
         views: multi-view examples (:class:`Views`), or ``None``.
-        skipped: unreadable inputs the data pipeline passed over to fill this batch (counted in the metrics).
+        skipped: examples of this batch whose own input was unreadable and was replaced by the next readable one
+            (counted in the metrics). A function of the data alone: one per bad input and epoch, whatever the
+            number of DataLoader workers.
     """
 
     inputs: Tensor | None

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from modalities.image.data.folder import IMAGE_EXTENSIONS, UNLABELED, ImageFolder
+from modalities.image.data.folder import IMAGE_EXTENSIONS, UNLABELED, ImageFolder, read_sample
 from modalities.image.data.idx import FASHION_MNIST_CLASSES, FashionMNIST, read_idx
 from modalities.image.data.modes import ConvertMode, mode_for, to_mode
 from modalities.image.data.views import ViewsConfig
@@ -152,6 +152,13 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return load_image(self.base[index], self.transform)
 
+    def read(self, index: int) -> tuple[Tensor, int, int]:
+        """(transformed image, label, index actually read): see :func:`~modalities.image.data.folder.read_sample`."""
+        read = getattr(self.base, "read", None)
+        image, label, j = read(index) if read is not None else (*self.base[index], index % len(self))
+        x, label = load_image((image, label), self.transform)
+        return x, label, j
+
     @property
     def classes(self) -> list[str]:
         return list(getattr(self.base, "classes", []))
@@ -261,5 +268,6 @@ __all__ = [
     "load_image",
     "pretrain_transform",
     "read_idx",
+    "read_sample",
     "to_mode",
 ]

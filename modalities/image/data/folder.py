@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
@@ -36,7 +37,8 @@ class ImageFolder(Dataset):
     * Every image is converted to ``mode`` with :func:`to_mode` (transparency composited on white).
     * A file PIL cannot open or fully decode is skipped: logged once, counted in ``num_skipped`` (unique files)
       and ``bad_paths``, and replaced by the next readable sample (index + 1, + 2, ... wrapping around).
-      These counters are per process (each DataLoader worker keeps its own).
+      These counters are per process (each DataLoader worker keeps its own); what a run counts comes from
+      :meth:`read`, which says which sample was read (see :func:`read_sample`), a function of the files alone.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a directory.
@@ -107,7 +109,8 @@ class ImageFolder(Dataset):
                 out = img.copy()
         return out
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def read(self, index: int) -> tuple[Image.Image, int, int]:
+        """(image, label, index actually read): the first readable sample at or after ``index`` (wrapping around)."""
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} samples")
@@ -118,10 +121,27 @@ class ImageFolder(Dataset):
                 continue
             path, label = self.samples[i]
             try:
-                return self.load(path), label
+                return self.load(path), label, i
             except Exception as e:  # noqa: BLE001 -- PIL raises OSError, SyntaxError, ValueError, EOFError, ...
                 self._bad.add(i)
                 self.bad_paths.append(path)
                 self.num_skipped += 1
                 logger.warning("skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
         raise RuntimeError(f"no readable image under {self.root}: all {n} files failed to load")
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        image, label, _ = self.read(index)
+        return image, label
+
+
+def read_sample(dataset: Dataset, index: int) -> tuple[Any, int, bool]:
+    """``(image, label, replaced)``: ``dataset[index]``, and whether sample ``index`` was unreadable so that the next
+    readable one took its place. ``replaced`` depends on the files alone, not on which process or DataLoader worker
+    reads (nor on what it read before), so a run's count of skipped inputs -- one per bad file per epoch -- is the
+    same whatever ``train.num_workers``. Data sets without a ``read`` method (IDX, synthetic) never replace."""
+    read = getattr(dataset, "read", None)
+    if read is None:
+        image, label = dataset[index]
+        return image, label, False
+    image, label, j = read(index)
+    return image, label, j != index % len(dataset)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from modalities.image.data.dataset import ImageDataConfig, build_image_dataset, eval_transform, pretrain_transform
+from modalities.image.data.folder import read_sample
 from modalities.image.data.views import MultiViewSource, ViewMasker, ViewsConfig, view_transform
 from modalities.image.masking import ImageMaskConfig, build_mask_generator
 from modalities.image.model.adapter import ImageAdapterConfig
@@ -17,9 +18,10 @@ from unimim.core.masking import MaskGenerator, draw_masks
 
 
 class ImagePretrainSource:
-    """``example(i, rng)`` -> {"inputs": (C, S, S) float, "mask": (N,) | (R, N) bool, "skipped": int}; crops/flips use
-    torch's RNG, which the caller seeds per sample, and the mask uses ``rng``. ``skipped`` counts unreadable files
-    that were passed over to produce this example (the loop sums it into the run's metrics)."""
+    """``example(i, rng)`` -> {"inputs": (C, S, S) float, "mask": (R, N) bool, "skipped": int}; crops/flips use
+    torch's RNG, which the caller seeds per sample, and the mask uses ``rng``. ``skipped`` is 1 when image ``i`` was
+    unreadable and the next readable one took its place (:func:`read_sample`: the same whatever the number of
+    workers); the loop sums it into the run's metrics."""
 
     def __init__(self, dataset: Dataset, mask_generator: MaskGenerator, num_masks: int = 1) -> None:
         self.dataset = dataset
@@ -30,10 +32,9 @@ class ImagePretrainSource:
         return len(self.dataset)
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        before = getattr(self.dataset, "num_skipped", 0)
-        image, _ = self.dataset[index]
+        image, _, replaced = read_sample(self.dataset, index)
         mask = torch.from_numpy(draw_masks(self.mask_generator, rng, self.num_masks))  # (R, N) bool
-        return {"inputs": image, "mask": mask, "skipped": getattr(self.dataset, "num_skipped", 0) - before}
+        return {"inputs": image, "mask": mask, "skipped": int(replaced)}
 
     def collate(self, items: list[dict[str, Any]]) -> Batch:
         return collate(items)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
+from modalities.image.data.folder import read_sample
 from modalities.image.data.modes import ConvertMode
 from modalities.image.masking import BlockMaskGenerator
 from unimim.core.batch import Batch, Views
@@ -100,14 +101,13 @@ class MultiViewSource:
         return len(self.dataset)
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        before = getattr(self.dataset, "num_skipped", 0)
-        image, _ = self.dataset[index]
+        image, _, replaced = read_sample(self.dataset, index)
         views = torch.stack([self.global_tf(image) for _ in range(self.cfg.global_views)])  # (V, C, S, S)
         mask = torch.from_numpy(draw_masks(self.masker, rng, self.cfg.global_views))  # (V, N)
         out = {"views": views, "view_mask": mask}
         if self.cfg.local_views:
             out["local"] = torch.stack([self.local_tf(image) for _ in range(self.cfg.local_views)])  # (L, C, s, s)
-        out["skipped"] = getattr(self.dataset, "num_skipped", 0) - before
+        out["skipped"] = int(replaced)  # image i was unreadable and replaced (read_sample)
         return out
 
     def collate(self, items: list[dict[str, Any]]) -> Batch:

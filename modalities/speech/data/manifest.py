@@ -6,11 +6,16 @@ both counts agree). Labels of a labeled manifest live in a parallel file with on
 (``train.tsv`` + ``train.wrd``: the word spoken).
 
 Written by ``python -m modalities.speech.data.build_manifest`` (:mod:`modalities.speech.data.build_manifest`).
+
+A file's header (:func:`read_header`, no decoding) gives its length; :func:`header_problem` says why a header is not
+usable audio: no frames, a sample rate outside [:data:`MIN_RATE`, :data:`MAX_RATE`], more than :data:`MAX_CHANNELS`
+channels, or longer than a maximum duration. Such files are left out of a built manifest and skipped when read.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,20 +25,79 @@ logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
 TARGET_RATE = 16_000
+MIN_RATE, MAX_RATE = 1_000, 384_000  # Hz: no recording is stored outside; such a rate is a broken header
+MAX_CHANNELS = 32
+MAX_RESAMPLE_KERNEL = 1 << 24  # rate / 16 kHz reduced to p / q: the windowed-sinc kernel holds about p * q taps
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    """What a file's header announces, read without decoding: ``frames`` per channel at ``rate`` Hz."""
+
+    frames: int
+    rate: int
+    channels: int
+
+    @property
+    def samples(self) -> int:
+        """The length in 16 kHz samples, the manifest's convention: ``frames * 16000 // rate``."""
+        return self.frames * TARGET_RATE // self.rate if self.rate > 0 else 0
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate if self.rate > 0 else 0.0
+
+
+def read_header(path: str | Path) -> AudioHeader:
+    """The header of an audio file; ValueError (libsndfile's reason) when it cannot be opened."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return AudioHeader(frames=int(f.frames), rate=int(f.samplerate), channels=int(f.channels))
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        raise ValueError(f"cannot be opened: {e}") from None
+
+
+def header_problem(header: AudioHeader, max_seconds: float | None = None) -> str | None:
+    """Why a file with this header is not used, or None: a sample rate outside [MIN_RATE, MAX_RATE] or one whose
+    resampling filter would be huge (383,999 Hz), more than MAX_CHANNELS channels, no frames, or (given
+    ``max_seconds``) longer than ``max_seconds``. Checked before anything is decoded, so that a broken header (1 Hz:
+    16,000 output samples per stored one) never allocates."""
+    if not MIN_RATE <= header.rate <= MAX_RATE:
+        return f"sample rate {header.rate} Hz outside [{MIN_RATE}, {MAX_RATE}] Hz"
+    g = math.gcd(header.rate, TARGET_RATE)
+    if (header.rate // g) * (TARGET_RATE // g) > MAX_RESAMPLE_KERNEL:
+        return (f"sample rate {header.rate} Hz has no small ratio to 16 kHz ({header.rate // g}:{TARGET_RATE // g}): "
+                "its resampling filter would not fit in memory")
+    if header.channels < 1 or header.channels > MAX_CHANNELS:
+        return f"{header.channels} channels (at most {MAX_CHANNELS} are read)"
+    if header.frames <= 0:
+        return "empty audio"
+    if max_seconds is not None and header.seconds > max_seconds:
+        return f"{header.seconds:.1f} s long, over the {max_seconds:g} s limit (data.max_file_seconds)"
+    return None
 
 
 @dataclass
 class Manifest:
     """root: directory the paths are relative to; paths / lengths: one entry per utterance (lengths in 16 kHz
-    samples); labels: one string per entry, or None."""
+    samples); labels: one string per entry, or None; file / line_numbers: where a read manifest came from (for
+    error messages), or None."""
 
     root: Path
     paths: list[str]
     lengths: list[int]
     labels: list[str] | None = None
+    file: Path | None = None
+    line_numbers: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def where(self, i: int) -> str:
+        """``manifest.tsv:LINE`` of entry ``i`` (or ``manifest entry i`` of a manifest built in memory)."""
+        if self.file is not None and self.line_numbers is not None:
+            return f"{self.file}:{self.line_numbers[i]}"
+        return f"manifest entry {i} (root {self.root})"
 
 
 def label_path(manifest: str | Path) -> Path:
@@ -50,7 +114,7 @@ def read_manifest(path: str | Path, *, labels: bool = False, hint: str = "") -> 
     if not lines or not lines[0].strip():
         raise ValueError(f"{path}: empty manifest (the first line must be the root directory)")
     root = Path(lines[0].strip())
-    paths, lengths = [], []
+    paths, lengths, numbers = [], [], []
     for no, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -59,7 +123,8 @@ def read_manifest(path: str | Path, *, labels: bool = False, hint: str = "") -> 
             raise ValueError(f"{path}:{no}: expected 'relative_path<TAB>num_samples', got {line!r}")
         paths.append(parts[0])
         lengths.append(int(parts[1]))
-    out = Manifest(root=root, paths=paths, lengths=lengths)
+        numbers.append(no)
+    out = Manifest(root=root, paths=paths, lengths=lengths, file=path, line_numbers=numbers)
     if labels:
         lpath = label_path(path)
         if not lpath.is_file():
@@ -88,9 +153,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def build_manifest(root: str | Path, *, pattern: str = "*", labels_from_parent: bool = False) -> Manifest:
-    """Scan ``root`` recursively for wav/flac/ogg files matching ``pattern``; unreadable or empty files are
-    skipped, counted and logged. Entries are sorted by path; with ``labels_from_parent`` each file's label is the
-    name of its parent directory."""
+    """Scan ``root`` recursively for wav/flac/ogg files matching ``pattern``; unreadable files and files whose header
+    :func:`header_problem` rejects (empty, absurd sample rate or channel count) are skipped, counted and logged.
+    Entries are sorted by path; with ``labels_from_parent`` each file's label is the name of its parent directory."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"audio folder {root} does not exist")
@@ -98,16 +163,19 @@ def build_manifest(root: str | Path, *, pattern: str = "*", labels_from_parent: 
     paths, lengths, labels, bad = [], [], [], 0
     for f in files:
         try:
-            info = sf.info(str(f))
-            n = int(info.frames) * TARGET_RATE // int(info.samplerate)
-        except (sf.LibsndfileError, RuntimeError, ValueError, ZeroDivisionError) as e:
+            header = read_header(f)
+        except ValueError as e:
             logger.warning("skipping unreadable audio file %s: %s", f, e)
             bad += 1
             continue
-        if n == 0:
-            logger.warning("skipping empty audio file %s", f)
+        problem = header_problem(header)
+        if problem is None and header.samples == 0:
+            problem = "shorter than one 16 kHz sample"
+        if problem is not None:
+            logger.warning("skipping audio file %s: %s", f, problem)
             bad += 1
             continue
+        n = header.samples
         paths.append(str(f.relative_to(root)))
         lengths.append(n)
         labels.append(f.parent.name)

@@ -46,7 +46,9 @@ class BatchSpec:
 
 class SpeechPretrainSource:
     """``example(i, rng)`` -> {"inputs": (S,) float32, "seed": int, "skipped": int}; :meth:`collate` makes the
-    :class:`Batch` (crop or pad, then masks)."""
+    :class:`Batch` (crop or pad, then masks). ``skipped`` is 1 when utterance ``i`` was unreadable and the next
+    readable one took its place: a function of the data alone, so the run's count is the same whatever the
+    number of workers (one per bad file per epoch)."""
 
     def __init__(self, dataset: AudioDataset, spec: BatchSpec, *, max_samples: int) -> None:
         self.dataset = dataset
@@ -57,13 +59,12 @@ class SpeechPretrainSource:
         return len(self.dataset)
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        before = self.dataset.num_skipped
-        wave, _ = self.dataset.read(index)
+        wave, j = self.dataset.read(index)
         if wave.shape[0] > self.max_samples:
             start = int(rng.integers(0, wave.shape[0] - self.max_samples + 1))
             wave = wave[start : start + self.max_samples]
         return {"inputs": torch.from_numpy(np.ascontiguousarray(wave)), "seed": int(rng.integers(0, 2**62)),
-                "skipped": self.dataset.num_skipped - before}
+                "skipped": int(j != index)}
 
     def collate(self, examples: list[dict[str, Any]]) -> Batch:
         """-> Batch(inputs (B, S), mask (B, R, N) bool with equal counts per row, padding_mask (B, S) bool in pad
@@ -120,7 +121,7 @@ def build_pretrain_source(data: SpeechDataConfig, masking: SpeechMaskConfig, ada
     check_consistency(data, adapter)
     manifest = read_manifest(data.manifest, hint=MAKE_HINT)
     dataset = AudioDataset(manifest, min_samples=data.min_samples, normalize=data.normalize, limit=data.limit,
-                           min_readable=receptive_field(adapter.conv_layers))
+                           min_readable=receptive_field(adapter.conv_layers), max_seconds=data.max_file_seconds)
     spec = BatchSpec(mode=data.batch_mode, conv_layers=tuple(adapter.conv_layers), masking=masking)
     return SpeechPretrainSource(dataset, spec, max_samples=data.max_samples)
 

@@ -2,7 +2,10 @@
 
 All readers yield documents as ``str``. Bad input never crashes a reader: invalid UTF-8 is replaced (U+FFFD), empty
 lines separate documents or are dropped, and lines longer than ``max_line_chars`` are split at a space near the
-limit (or hard, if there is none).
+limit (or hard, if there is none). :func:`read_documents` skips, logs and counts (:class:`SkippedFiles`) whole files
+that are not text: binary content (a NUL byte or many control bytes in the first 8 KiB -- images, archives, UTF-16)
+and corrupt or truncated gzip streams (checked to the end before the first document is yielded, so that a file is
+read entirely or not at all).
 
 ``python -m modalities.text.data.corpora OUT_DIR`` writes the default pretraining corpora as plain text, one document
 per blank-line separated block: ``OUT_DIR/gcide.txt`` (dictionary entries; the WordNet-derived senses that GCIDE
@@ -18,7 +21,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Literal
@@ -29,6 +32,10 @@ GCIDE = "/usr/share/dictd/gcide.dict.dz"
 PYTHON_DOCS = "/usr/share/doc/python3.11/html"
 WORDNET = "/usr/share/wordnet"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
+GZIP_SUFFIXES = (".gz", ".dz")
+SNIFF_BYTES = 8192          # the head of a file that decides whether it is text
+MAX_CONTROL_FRACTION = 0.05  # more control bytes (besides tab, line ends, form feed, backspace, escape) -> binary
+_CONTROL = bytes(c for c in [*range(32), 127] if c not in b"\t\n\r\f\v\b\x1b")
 
 # WordNet lexicographer files (lexnames(5WN)): the probe's 45 classes, indexed by the file number of a synset line
 LEXNAMES: tuple[str, ...] = (
@@ -60,15 +67,59 @@ def split_long_line(line: str, max_chars: int) -> list[str]:
 
 def read_lines(path: Path, max_line_chars: int) -> Iterator[str]:
     """Lines of a file (gzip when it ends in .gz/.dz) without line ends; invalid UTF-8 replaced, long lines split.
-    An empty line is yielded as ``""``."""
-    opener = gzip.open if path.suffix in (".gz", ".dz") else open
-    with opener(path, "rb") as f:
-        for raw in f:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if len(line) <= max_line_chars:
-                yield line
-            else:
-                yield from split_long_line(line, max_line_chars)
+    An empty line is yielded as ``""``. A corrupt or truncated gzip stream raises ValueError naming the file."""
+    gz = path.suffix in GZIP_SUFFIXES
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            for raw in f:
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if len(line) <= max_line_chars:
+                    yield line
+                else:
+                    yield from split_long_line(line, max_line_chars)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({e or type(e).__name__})") from None
+
+
+def binary_reason(head: bytes) -> str | None:
+    """Why the first bytes of a file show it is not text (None: text): a NUL byte, or more than 5 % control bytes."""
+    if b"\0" in head:
+        return "binary content (NUL bytes; UTF-16 text must be converted to UTF-8)"
+    if head and len(head) - len(head.translate(None, _CONTROL)) > MAX_CONTROL_FRACTION * len(head):
+        return "binary content (control bytes)"
+    return None
+
+
+def text_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not read as text, or None: binary content in its first 8 KiB (after decompression), an
+    unreadable file, or (gzip) a stream that is corrupt or truncated anywhere -- which gzip only reveals at its end,
+    so a compressed file is decompressed once here, before it is read."""
+    gz = path.suffix in GZIP_SUFFIXES
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            reason = binary_reason(f.read(SNIFF_BYTES))
+            if reason is None and gz:
+                while f.read(1 << 20):
+                    pass
+            return reason
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        return f"corrupt or truncated gzip stream ({e or type(e).__name__})"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+
+
+@dataclass
+class SkippedFiles:
+    """Files a reader passed over, each with its reason (logged as a warning when added)."""
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: Path, reason: str) -> None:
+        log.warning("skipping %s: %s", path, reason)
+        self.files.append((str(path), reason))
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 def list_text_files(path: Path) -> list[Path]:
@@ -81,18 +132,29 @@ def list_text_files(path: Path) -> list[Path]:
 
 
 def read_documents(
-    path: str | Path, documents: Literal["blank_line", "file"] = "blank_line", max_line_chars: int = 10_000
+    path: str | Path, documents: Literal["blank_line", "file"] = "blank_line", max_line_chars: int = 10_000,
+    skipped: SkippedFiles | None = None,
 ) -> Iterator[str]:
     """Documents of a file or directory: blank-line separated blocks, or one document per file. Lines of a
-    document are joined with newlines; whitespace-only documents are skipped."""
+    document are joined with newlines; whitespace-only documents are skipped. Files that are not text
+    (:func:`text_file_problem`) are skipped and added to ``skipped``; their documents never appear."""
+    skipped = SkippedFiles() if skipped is None else skipped
     for file in list_text_files(Path(path)):
+        problem = text_file_problem(file)
+        if problem is not None:
+            skipped.add(file, problem)
+            continue
         lines: list[str] = []
-        for line in read_lines(file, max_line_chars):
-            if line.strip():
-                lines.append(line)
-            elif documents == "blank_line" and lines:
-                yield "\n".join(lines)
-                lines = []
+        try:
+            for line in read_lines(file, max_line_chars):
+                if line.strip():
+                    lines.append(line)
+                elif documents == "blank_line" and lines:
+                    yield "\n".join(lines)
+                    lines = []
+        except ValueError as e:  # the file changed since it was checked: what was read before stays
+            skipped.add(file, f"{e} while reading; the documents before the error are kept")
+            continue
         if lines:
             yield "\n".join(lines)
 

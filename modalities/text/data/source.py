@@ -6,6 +6,7 @@ to predict, and -- for BERT-style masking -- the corrupted ids the student sees 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import zlib
@@ -152,17 +153,76 @@ def _padding(items: list[dict[str, Any]], length: int) -> Tensor | None:
 
 def bind_run_dir(data: TextDataConfig, run_dir: Path) -> None:
     """Keep the tokenizer with the run: copy ``data.tokenizer`` into ``run_dir`` (once) and point ``data.tokenizer``
-    at the copy, so that evaluation reloads exactly the tokenizer the encoder was trained with."""
+    at the copy, so that evaluation reloads exactly the tokenizer the encoder was trained with.
+
+    Only a tokenizer that loads is copied, and its SHA-256 is recorded beside the copy. A copy that no longer loads
+    or no longer matches its record is damaged: it is replaced by ``data.tokenizer`` (with a warning) when that is
+    the recorded tokenizer -- or, for a copy without a record, any tokenizer that loads -- so that a bad copy never
+    pins the later runs of a directory; otherwise a ValueError names both files."""
     src = Path(data.tokenizer)
     existing = [p for p in run_dir.glob(f"{RUN_TOKENIZER}.*") if p.suffix in (".json", ".model")]
     if existing:
         dst = existing[0]
+        problem = _copy_problem(dst)
+        if problem is not None:
+            dst = _replace_damaged_copy(src, dst, problem)
     else:
         dst = run_dir / f"{RUN_TOKENIZER}{src.suffix}"
         if not src.is_file():
             raise FileNotFoundError(f"tokenizer {src} not found and {run_dir} holds no copy of it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+        load_tokenizer(src)  # a tokenizer that does not load is never copied
+        _copy(src, dst)
     data.tokenizer = str(dst)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record(copy: Path) -> Path:
+    return copy.with_name(copy.name + ".sha256")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    _record(dst).write_text(_sha256(tmp) + "\n")
+    tmp.replace(dst)
+
+
+def _copy_problem(copy: Path) -> str | None:
+    """Why the run's copy of its tokenizer is damaged, or None."""
+    record = _record(copy)
+    if record.is_file() and record.read_text().strip() != _sha256(copy):
+        return "its content differs from the SHA-256 recorded when it was copied"
+    try:
+        load_tokenizer(copy)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _replace_damaged_copy(src: Path, dst: Path, problem: str) -> Path:
+    """Replace the damaged copy ``dst`` by ``src`` (see :func:`bind_run_dir`); returns the new copy's path."""
+    record = _record(dst)
+    expected = record.read_text().strip() if record.is_file() else None
+    if src.resolve() == dst.resolve() or not src.is_file():
+        raise ValueError(f"the run's tokenizer copy {dst} is damaged ({problem}) and there is no other to restore "
+                         f"it from (data.tokenizer={src})")
+    if expected is not None and _sha256(src) != expected:
+        raise ValueError(f"the run's tokenizer copy {dst} is damaged ({problem}) and data.tokenizer {src} is not the "
+                         "tokenizer the run was started with (its SHA-256 differs): restore the copy, or start a "
+                         "new run")
+    try:
+        load_tokenizer(src)
+    except ValueError as e:
+        raise ValueError(f"the run's tokenizer copy {dst} is damaged and data.tokenizer cannot replace it: {e}") \
+            from None
+    log.warning("the run's tokenizer copy %s is damaged (%s); replacing it with %s", dst, problem, src)
+    new = dst.with_suffix(src.suffix)
+    _copy(src, new)
+    if new != dst:  # another back end: the damaged file goes, so that one copy is left
+        dst.unlink()
+        record.unlink(missing_ok=True)
+    return new

@@ -223,17 +223,25 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> TextTokenizer
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
-    """Load a tokenizer file: ``*.json`` (tokenizers byte-level BPE) or ``*.model`` (sentencepiece)."""
+    """Load a tokenizer file: ``*.json`` (tokenizers byte-level BPE) or ``*.model`` (sentencepiece).
+
+    Raises FileNotFoundError when it is missing and ValueError naming the file when it is of an unknown type, is not
+    a valid tokenizer of its type (corrupt, truncated, empty) or lacks the fixed special tokens."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer {path} not found; train one with `unimim tokenizer train` (see `make data-text`)"
         )
-    if path.suffix == ".json":
-        tok: TextTokenizer = ByteLevelBPE.load(path)
-    elif path.suffix == ".model":
-        tok = SentencePiece.load(path)
-    else:
+    if path.suffix not in (".json", ".model"):
         raise ValueError(f"unknown tokenizer file type {path.suffix!r} ({path}); expected .json or .model")
-    tok.check_specials()
+    kind = "tokenizers JSON" if path.suffix == ".json" else "sentencepiece model"
+    try:
+        tok: TextTokenizer = ByteLevelBPE.load(path) if path.suffix == ".json" else SentencePiece.load(path)
+        if tok.vocab_size < NUM_SPECIAL:
+            raise ValueError(f"{tok.vocab_size} tokens")
+        tok.check_specials()
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception, sentencepiece RuntimeError
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"tokenizer {path} is not a valid {kind} file ({reason}); train it again with `unimim "
+                         "tokenizer train`") from None
     return tok

@@ -290,3 +290,26 @@ def test_synthetic_is_deterministic() -> None:
     train, test = build_image_dataset(cfg), build_image_dataset(cfg, "test")
     assert len(train) == 10
     assert not np.array_equal(np.asarray(train[0][0]), np.asarray(test[0][0]))
+
+
+def test_skipped_count_depends_on_the_files_not_the_workers(tmp_path: Path) -> None:
+    """7 files, 2 unreadable: the pretraining batches count 2 per epoch, with or without DataLoader workers (each
+    worker has its own data set copy; a count read off its counters would depend on which worker met what first)."""
+    from modalities.image.data.source import ImagePretrainSource
+    from modalities.image.masking import ImageMaskConfig, build_mask_generator
+    from unimim.train.data import make_loader
+
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        _save(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), tmp_path / f"im{i}.png")
+    (tmp_path / "im2.png").write_text("not an image")
+    (tmp_path / "im3.png").write_bytes(b"")  # next to im2: the example of im2 passes over both
+    cfg = ImageDataConfig(source="folder", root=str(tmp_path), image_size=8)
+    dataset = build_image_dataset(cfg, transform=eval_transform(cfg))
+    src = ImagePretrainSource(dataset, build_mask_generator(ImageMaskConfig(kind="random", ratio=0.5), (2, 2)))
+
+    def total(workers: int, batch_size: int) -> int:
+        it = iter(make_loader(src, batch_size=batch_size, seed=0, num_workers=workers, collate_fn=src.collate))
+        return sum(next(it).skipped for _ in range(21 // batch_size))  # three epochs
+
+    assert total(0, 7) == total(2, 7) == total(2, 1) == 3 * 2

@@ -145,3 +145,82 @@ def test_path_is_named_when_data_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/nope.tsv does not exist.*make data-speech"):
         build_pretrain_source(cfg, SpeechMaskConfig(), SpeechAdapterConfig())
     assert Path(cfg.manifest).name == "nope.tsv"
+
+
+def _noise(path: Path, samples: int, rate: int = 16_000, channels: int = 1, scale: float = 0.1,
+           subtype: str | None = None) -> Path:
+    wave = scale * np.random.default_rng(samples).standard_normal((samples, channels))
+    sf.write(path, wave.astype(np.float32) if channels > 1 else wave[:, 0].astype(np.float32), rate, subtype=subtype)
+    return path
+
+
+def test_stale_manifest_is_refused_with_the_line_named(tmp_path):
+    _noise(tmp_path / "ok.wav", 16_000)
+    _noise(tmp_path / "short.wav", 500)  # listed as 16,000: it would pass min_samples and shrink every crop batch
+    _noise(tmp_path / "fast.wav", 4_000, rate=8_000)  # 8,000 samples at 16 kHz, listed as 4,000 (file-rate frames)
+    (tmp_path / "x.tsv").write_text(f"{tmp_path}\nok.wav\t16000\nshort.wav\t16000\nfast.wav\t4000\n")
+    with pytest.raises(ValueError, match=r"x\.tsv:3: short\.wav is listed with 16000 samples but the file has 500 "
+                                         r".*2 of 3 entries disagree.*stale.*build_manifest"):
+        AudioDataset(read_manifest(tmp_path / "x.tsv"), min_samples=400)
+    write_manifest(build_manifest(tmp_path), tmp_path / "x.tsv")  # rebuilt: accepted
+    ds = AudioDataset(read_manifest(tmp_path / "x.tsv"), min_samples=400)
+    assert sorted(ds.paths) == ["fast.wav", "ok.wav", "short.wav"]
+
+
+def test_absurd_rates_channels_and_lengths_are_bounded_before_decoding(tmp_path, caplog):
+    _noise(tmp_path / "ok.wav", 4_000)
+    _noise(tmp_path / "one_hz.wav", 500, rate=1)  # 500 frames at 1 Hz: 8 M samples at 16 kHz
+    _noise(tmp_path / "many.wav", 400, channels=33)
+    _noise(tmp_path / "long.wav", 32_000)  # 2 s
+    built = build_manifest(tmp_path)  # the builder leaves out what it cannot read
+    assert built.paths == ["long.wav", "ok.wav"]
+    from modalities.speech.data.manifest import AudioHeader, header_problem
+
+    assert header_problem(AudioHeader(frames=100, rate=383_999, channels=1)) is not None  # huge resampling filter
+    assert header_problem(AudioHeader(frames=100, rate=44_100, channels=2)) is None
+    with pytest.raises(ValueError, match="over the 1 s limit"):
+        load_audio(tmp_path / "long.wav", max_seconds=1.0)
+    manifest = Manifest(root=tmp_path, paths=["one_hz.wav", "many.wav", "long.wav", "ok.wav"],
+                        lengths=[500, 400, 32_000, 4_000])  # lengths a 16 kHz manifest would hold
+    assert AudioDataset(manifest, min_readable=25, max_seconds=1.0).paths == ["one_hz.wav", "many.wav", "ok.wav"]
+    ds = AudioDataset(manifest, min_readable=25)
+    wave, j = ds.read(0)
+    assert j == 2 and wave.shape == (32_000,) and ds.num_skipped == 2
+    assert "sample rate 1 Hz outside [1000, 384000] Hz" in caplog.text and "33 channels" in caplog.text
+    with pytest.raises(ValueError, match="max_file_seconds"):
+        SpeechDataConfig(max_file_seconds=0.1)  # under min_samples
+    from modalities.speech.data.source import build_pretrain_source
+    from modalities.speech.model.adapter import SpeechAdapterConfig
+
+    (tmp_path / "m.tsv").write_text(f"{tmp_path}\nlong.wav\t32000\nok.wav\t4000\n")
+    cfg = SpeechDataConfig(manifest=str(tmp_path / "m.tsv"), min_samples=1000, max_samples=4000,
+                           max_file_seconds=1.0)
+    src = build_pretrain_source(cfg, SpeechMaskConfig(), SpeechAdapterConfig())
+    assert src.dataset.paths == ["ok.wav"] and src.dataset.max_seconds == 1.0
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100])
+def test_loud_audio_is_normalised_not_zeroed(tmp_path, rate):
+    path = _noise(tmp_path / "loud.wav", rate // 2, rate=rate, scale=1e30, subtype="FLOAT")
+    wave = load_audio(path)
+    assert np.isfinite(wave).all() and abs(wave.std() - 1) < 1e-3 and abs(wave.mean()) < 1e-3
+    quiet = load_audio(_noise(tmp_path / "quiet.wav", rate // 2, rate=rate, scale=1.0, subtype="FLOAT"))
+    np.testing.assert_allclose(wave, quiet, atol=1e-4)  # the same noise, only louder: the same normalised wave
+
+
+def test_skipped_count_depends_on_the_data_not_the_workers(tmp_path):
+    names = [f"u{i}.wav" for i in range(7)]
+    for i, name in enumerate(names):
+        if i in (2, 3, 5):  # two neighbours: the first is replaced by the next readable entry, past both
+            (tmp_path / name).write_bytes(b"RIFF\x00\x00garbage" * 10)
+        else:
+            _noise(tmp_path / name, 2_000 + 100 * i)
+    manifest = Manifest(root=tmp_path, paths=names, lengths=[2_000 + 100 * i for i in range(7)])
+    src = SpeechPretrainSource(AudioDataset(manifest, min_readable=25),
+                               BatchSpec(mode="crop", conv_layers=CONV, masking=SpeechMaskConfig()), max_samples=20000)
+
+    def total(workers: int) -> int:
+        it = iter(make_loader(src, batch_size=7, seed=0, num_workers=workers, collate_fn=src.collate))
+        return sum(next(it).skipped for _ in range(3))  # three epochs of 7
+
+    assert total(0) == total(2) == 3 * 3  # one per bad file and epoch

@@ -134,3 +134,73 @@ def test_collate_pads():
     assert batch.mask[0, 0].tolist() == [False, True, False, False, False]
     same = collate_pretrain([{"inputs": torch.tensor([0, 5, 2]), "mask": torch.tensor([False, True, False])}] * 2)
     assert same.padding_mask is None
+
+
+def _corpus_dir(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "good.txt").write_bytes((TEXT_FIXTURES / "corpus.txt").read_bytes())
+    (d / "latin1.txt").write_bytes("caf\xe9 au lait\n\nna\xefve\n".encode("latin-1"))  # bad UTF-8, still text
+    return d
+
+
+def test_corrupt_gzip_is_skipped_and_counted(tmp_path, caplog):
+    d = _corpus_dir(tmp_path)
+    whole = gzip.compress(b"a compressed document\n\n" * 2000)
+    (d / "truncated.txt.gz").write_bytes(whole[: len(whole) // 2])  # the first half decompresses fine
+    (d / "garbage.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
+    (d / "ok.txt.gz").write_bytes(gzip.compress(b"fine and compressed\n"))
+    arr = TokenArray.build(TextDataConfig(paths=[str(d)], tokenizer=str(TOKENIZER), cache_dir=str(tmp_path / "c")),
+                           load_tokenizer(TOKENIZER), TOKENIZER)
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in arr.skipped_files) == ["garbage.gz", "truncated.txt.gz"]
+    assert all("corrupt or truncated gzip" in reason for _, reason in arr.skipped_files)
+    assert "skipping" in caplog.text and "truncated.txt.gz" in caplog.text
+    from modalities.text.data.corpora import SkippedFiles
+
+    skipped = SkippedFiles()
+    docs = list(read_documents(d, skipped=skipped))
+    assert len(skipped) == 2 and arr.num_documents == len(docs)
+    assert "fine and compressed" in docs and not any("a compressed document" in doc for doc in docs)
+
+
+def test_binary_files_are_detected_and_skipped(tmp_path):
+    d = _corpus_dir(tmp_path)
+    clean = list(read_documents(d))
+    (d / "zeros.txt").write_bytes(b"\0" * 200_000)  # would have been 94 % of the corpus's tokens
+    (d / "utf16.txt").write_bytes("a UTF-16 text\n".encode("utf-16"))
+    (d / "controls.md").write_bytes(bytes(range(1, 9)) * 200 + b"some text\n")
+    cfg = TextDataConfig(paths=[str(d)], tokenizer=str(TOKENIZER), cache_dir=str(tmp_path / "c"))
+    arr = TokenArray.build(cfg, load_tokenizer(TOKENIZER), TOKENIZER)
+    assert arr.num_documents == len(clean) and {p.rsplit("/", 1)[1] for p, _ in arr.skipped_files} == {
+        "zeros.txt", "utf16.txt", "controls.md"}
+    assert all(reason.startswith("binary content") for _, reason in arr.skipped_files)
+    only_bad = TextDataConfig(paths=[str(d / "zeros.txt")], tokenizer=str(TOKENIZER), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"no text could be read from data.paths .*zeros.txt: binary content"):
+        TokenArray.build(only_bad, load_tokenizer(TOKENIZER), TOKENIZER)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "meta", "offsets"])
+def test_damaged_token_cache_is_detected_and_rebuilt(tmp_path, caplog, damage):
+    cfg = _config(tmp_path)
+    tok = load_tokenizer(TOKENIZER)
+    arr = TokenArray.build(cfg, tok, TOKENIZER)
+    tokens, offsets, directory = np.array(arr.tokens), arr.offsets.copy(), arr.directory
+    del arr
+    data = directory / "tokens.bin"
+    if damage == "truncate":
+        data.write_bytes(data.read_bytes()[:-100])
+    elif damage == "overwrite":  # same size: ids past the vocabulary in the middle of a document
+        raw = bytearray(data.read_bytes())
+        raw[1000:1010] = b"\xff" * 10
+        data.write_bytes(bytes(raw))
+    elif damage == "meta":
+        (directory / "meta.json").write_text('{"dtype": "uint16", "documents": ')
+    else:
+        np.save(directory / "docs.npy", offsets[::-1].copy())
+    again = TokenArray.build(cfg, tok, TOKENIZER)
+    assert again.directory == directory and "damaged" in caplog.text
+    np.testing.assert_array_equal(np.array(again.tokens), tokens)
+    np.testing.assert_array_equal(again.offsets, offsets)
+    caplog.clear()
+    TokenArray.build(cfg, tok, TOKENIZER)  # the rebuilt cache is intact: used as it is
+    assert "damaged" not in caplog.text

@@ -65,3 +65,47 @@ def test_cli_tokenizer_train(tmp_path):
     assert rc == 0 and load_tokenizer(out).vocab_size <= 400
     assert main(["tokenizer", "train", str(tmp_path / "x.json"), str(TEXT_FIXTURES / "corpus.txt"),
                  "--vocab-size", "3"]) == 2  # a clear config error, no traceback
+
+
+@pytest.mark.parametrize("name,content", [("garbage.json", b"not json"), ("truncated.json", None),
+                                          ("empty.json", b""), ("other.json", b'{"a": 1}'),
+                                          ("garbage.model", b"\x00\x01 not a proto"), ("empty.model", b"")])
+def test_corrupt_tokenizer_is_a_clear_error(tmp_path, name, content):
+    good = (TEXT_FIXTURES / "tokenizer.json").read_bytes()
+    (tmp_path / name).write_bytes(good[: len(good) // 2] if content is None else content)
+    with pytest.raises(ValueError, match=rf"tokenizer {tmp_path / name} is not a valid .* file \(.+\); train it "):
+        load_tokenizer(tmp_path / name)
+
+
+def test_bad_tokenizer_copy_does_not_pin_the_run_directory(tmp_path, caplog):
+    from modalities.text.data.dataset import TextDataConfig
+    from modalities.text.data.source import bind_run_dir
+
+    good = TEXT_FIXTURES / "tokenizer.json"
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(good.read_bytes()[:100])
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="bad.json is not a valid"):  # a bad tokenizer is never copied
+        bind_run_dir(TextDataConfig(tokenizer=str(bad)), run)
+    assert not list(run.glob("tokenizer*"))
+    run.mkdir()
+    (run / "tokenizer.json").write_bytes(bad.read_bytes())  # a bad copy left by an earlier run
+    cfg = TextDataConfig(tokenizer=str(good))
+    bind_run_dir(cfg, run)
+    assert cfg.tokenizer == str(run / "tokenizer.json")
+    assert load_tokenizer(cfg.tokenizer).vocab_size > NUM_SPECIAL and "damaged" in caplog.text
+    bind_run_dir(cfg, run)  # the run's own copy, now intact, is kept
+    # a copy damaged after the run started is restored only from the tokenizer it was made from
+    (run / "tokenizer.json").write_bytes(good.read_bytes().replace(b'"merges"', b'"merges" ', 1))
+    other = tmp_path / "other.json"
+    other.write_bytes(good.read_bytes().replace(b'"<unk>"', b'"<unk>" ', 1))
+    with pytest.raises(ValueError, match="not the tokenizer the run was started with"):
+        bind_run_dir(TextDataConfig(tokenizer=str(other)), run)
+    bind_run_dir(TextDataConfig(tokenizer=str(good)), run)
+    assert (run / "tokenizer.json").read_bytes() == good.read_bytes()
+    (run / "tokenizer.json").unlink()
+    (run / "tokenizer.json.sha256").unlink()
+    (run / "tokenizer.model").write_bytes(b"")  # a damaged copy of another back end
+    cfg = TextDataConfig(tokenizer=str(good))
+    bind_run_dir(cfg, run)
+    assert cfg.tokenizer == str(run / "tokenizer.json") and not (run / "tokenizer.model").exists()
