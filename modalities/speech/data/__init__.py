@@ -1,0 +1,1 @@
+"""Speech data: fairseq-style manifests, audio reading, pretraining sources and batches, keyword sets."""

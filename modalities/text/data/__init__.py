@@ -1,0 +1,1 @@
+"""Text data: corpora, tokenizers, memory-mapped token blocks, pretraining sources and batches, WordNet probe."""
