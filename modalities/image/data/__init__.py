@@ -1,1 +1,2 @@
-"""Image data: Fashion-MNIST (IDX), image folders, synthetic images, transforms, multi-view crops, pretraining sources."""
+"""Image data: Fashion-MNIST (IDX), image folders, synthetic images, transforms, multi-view crops, pretraining
+sources."""

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from modalities.image.model.adapter import ImageAdapterConfig
 from modalities.image.data.dataset import ImageDataConfig, build_image_dataset, eval_transform, pretrain_transform
+from modalities.image.data.views import MultiViewSource, ViewMasker, ViewsConfig, view_transform
 from modalities.image.masking import ImageMaskConfig, build_mask_generator
+from modalities.image.model.adapter import ImageAdapterConfig
 from unimim.core.batch import Batch
 from unimim.core.masking import MaskGenerator, draw_masks
-from modalities.image.data.views import MultiViewSource, ViewMasker, ViewsConfig, view_transform
 
 
 class ImagePretrainSource:

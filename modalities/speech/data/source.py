@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from modalities.speech.model.adapter import SpeechAdapterConfig
 from modalities.speech.data.dataset import MAKE_HINT, AudioDataset, SpeechDataConfig, build_keyword_sets
-from modalities.speech.model.feature_encoder import conv_output_lengths, receptive_field
 from modalities.speech.data.manifest import read_manifest
 from modalities.speech.masking import SpeechMaskConfig, SpeechMaskGenerator, equalise_counts
+from modalities.speech.model.adapter import SpeechAdapterConfig
+from modalities.speech.model.feature_encoder import conv_output_lengths, receptive_field
 from unimim.core.batch import Batch
 from unimim.core.masking import draw_masks
 

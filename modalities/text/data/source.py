@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from modalities.text.model.adapter import TextAdapterConfig
 from modalities.text.data.corpora import synset_split, wordnet_glosses
 from modalities.text.data.dataset import TextBlocks, TextDataConfig, TokenArray
+from modalities.text.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TextTokenizer, load_tokenizer
 from modalities.text.masking import TextMaskConfig, TextMasker
+from modalities.text.model.adapter import TextAdapterConfig
 from unimim.core.batch import Batch
 from unimim.core.masking import draw_masks
-from modalities.text.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TextTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
