@@ -39,8 +39,8 @@ def test_student_never_sees_masked_content(mode):
             r, c = divmod(i, 4)
             x2[b, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(1, 4, 4) * 10
     student = model.student
-    a, cls_a, _ = student(x, mask, None)
-    b_, cls_b, _ = student(x2, mask, None)
+    a, cls_a, _ = student(model.adapter.local(x), mask)
+    b_, cls_b, _ = student(model.adapter.local(x2), mask)
     torch.testing.assert_close(a, b_)
     torch.testing.assert_close(cls_a, cls_b)
     assert not torch.allclose(model.targets(x, None), model.targets(x2, None))  # the teacher sees everything
@@ -127,7 +127,7 @@ def test_cls_loss_adds_weighted_regression_to_the_mean_target(mode):
         plain = make(mode)(Batch(inputs=x, mask=mask))
         model = make(mode, cls_loss_weight=2.5)
         out = model(Batch(inputs=x, mask=mask))
-        _, cls, _ = model.student(x, mask, None)
+        _, cls, _ = model.student(model.adapter.local(x), mask)
         y = model.targets(x, None)  # (B, N, D)
         per_elem = torch.nn.functional.smooth_l1_loss(cls, y.mean(1), beta=2.0, reduction="none")  # (B, D)
         expected = per_elem.sum(-1).mean() / 32  # scale 1/D (inv_dim), mean over rows

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from unimim.core.masking import MaskInfo, prepend_unmasked
+from unimim.core.masking import MaskInfo
 from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
 from unimim.nn.encoder import TransformerEncoder
+from unimim.nn.tokens import Tokens
+from unimim.objectives.base import embed_visible
 from unimim.objectives.data2vec import Data2VecBase, Data2VecTargetConfig, StudentOutput
 
 
@@ -38,21 +40,17 @@ class Data2Vec2(Data2VecBase):
         self.decoder = ConvDecoder(cfg.decoder, in_dim=encoder.cfg.dim, grid=getattr(adapter, "grid", None))
         self.attach_teacher(self.backbone, cfg.ema)
 
-    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
-                corrupted: Tensor | None = None) -> StudentOutput:
+    def encode_visible(self, local: Tokens, mask: Tensor) -> Tensor:
+        """The student encoder on the visible tokens only: local features (B', N, D), mask (B', N) -> (B', P +
+        N_keep, D), prefix tokens first. Nothing of a masked position reaches it (:func:`embed_visible`)."""
+        return self.encoder(embed_visible(self.adapter, local, mask)).x
+
+    def student(self, local: Tokens, mask: Tensor, corrupted: bool = False) -> StudentOutput:
         """The encoder sees only visible tokens; the conv decoder fills in the rest."""
-        if corrupted is not None:
+        if corrupted:
             raise ValueError("data2vec 2.0 drops masked tokens; corrupted student inputs (BERT masking) apply to "
                              "data2vec 1.0 only")
         p = self.num_prefix_tokens
-        tokens = self.adapter.embed(inputs, padding_mask=padding_mask)
-        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, T_keep), prefix tokens first
-        if keep is None:
-            raise ValueError(
-                "data2vec 2.0 needs the same number of masked tokens in every row; use a mask that masks an exact "
-                "count (masking.kind: inverse_block or random)"
-            )
-        h = self.encoder(tokens.select(keep)).x  # (B, T_keep, D)
+        h = self.encode_visible(local, mask)  # (B, P + N_keep, D)
         full = fill_masked(h[:, p:], MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
-        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
-        return self.decoder(full), (h[:, 0] if p else None), pad
+        return self.decoder(full), (h[:, 0] if p else None), local.padding_mask
