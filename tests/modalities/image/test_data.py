@@ -290,3 +290,26 @@ def test_synthetic_is_deterministic() -> None:
     train, test = build_image_dataset(cfg), build_image_dataset(cfg, "test")
     assert len(train) == 10
     assert not np.array_equal(np.asarray(train[0][0]), np.asarray(test[0][0]))
+
+
+def test_color_jitter_is_beits_before_the_crop() -> None:
+    """``color_jitter: 0.4`` = torchvision's ColorJitter(0.4, 0.4, 0.4) then the usual crop, flip and normalisation
+    (BEiT / data2vec_vision ``DataAugmentationForBEiT``), on the same random draws; 0 leaves the pipeline as it was."""
+    import torchvision.transforms as T
+
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    cfg = ImageDataConfig(source="synthetic", channels=3, image_size=24, color_jitter=0.4, crop_scale=(0.2, 1.0))
+    mean, std = cfg.channel_stats()
+    peer = T.Compose([T.ColorJitter(0.4, 0.4, 0.4),
+                      T.RandomResizedCrop(24, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    ours, plain = pretrain_transform(cfg), pretrain_transform(ImageDataConfig(**{**cfg.__dict__, "color_jitter": 0.0}))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a = ours(big)
+        torch.manual_seed(seed)
+        assert torch.equal(a, peer(big))
+        torch.manual_seed(seed)
+        assert not torch.equal(a, plain(big))  # the jitter changes the view
+    with pytest.raises(ValueError, match="color_jitter"):
+        ImageDataConfig(color_jitter=-0.1)
