@@ -183,6 +183,7 @@ AUDIT: dict[str, list[tuple]] = {
         (*lr_at(1024), pytest.approx(2e-3), f"{MIM} §1.5: 0.0005 x batch / 256"),
     ],
     "speech/data2vec_base_librispeech.yaml": [
+        ("encoder.act_dropout", 0.0, "fairseq activation_dropout (default 0, not set by the data2vec configs)"),
         ("encoder.norm_first", False, f"{D2V} §2 speech: post-LN"),
         ("encoder.dropout", 0.1, f"{D2V} §2 speech regularisation"),
         ("adapter.conv_layers", [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2, f"{D2V} §2 speech encoder"),
@@ -211,6 +212,7 @@ AUDIT: dict[str, list[tuple]] = {
         ("train.steps", 400000, f"{D2V} §2 speech updates"),
     ],
     "text/data2vec_text_base.yaml": [
+        ("encoder.act_dropout", 0.0, "fairseq activation_dropout (default 0, not set by the data2vec configs)"),
         ("encoder.norm_first", False, f"{D2V} §2 text: post-LN"),
         ("encoder.dropout", 0.1, f"{D2V} §2 text"),
         ("encoder.attn_dropout", 0.1, f"{D2V} §2 text"),
@@ -232,6 +234,7 @@ AUDIT: dict[str, list[tuple]] = {
         ("train.steps", 1000000, f"{D2V} §2 text"),
     ],
     "text/data2vec2_text_base.yaml": [
+        ("encoder.act_dropout", 0.0, "fairseq activation_dropout (default 0, not set by the data2vec configs)"),
         ("masking.kind", "random", f"{D2V} §5.4 v2"),
         ("masking.prob", 0.48, f"{D2V} §4.2 text mask"),
         ("masking.num_masks", 8, f"{FAIRSEQ_V2}/base_text_only_task.yaml clone_batch"),
@@ -243,6 +246,10 @@ AUDIT: dict[str, list[tuple]] = {
         ("method.decoder.layers", 5, f"{D2V} §4.2 text decoder"),
         ("method.decoder.kernel", 9, f"{D2V} §4.2 text decoder"),
         ("method.decoder.groups", 1, f"{D2V} §4.2 text decoder"),
+        ("method.decoder.residual", False, f"{D2V} §4.2 text decoder: no residual"),
+        ("method.decoder.projection_layers", 2, f"{D2V} §4.2 text decoder: 2-layer projection"),
+        ("method.decoder.projection_ratio", 2.0, f"{D2V} §4.2 text decoder: x2 ratio"),
+        ("method.decoder.input_dropout", 0.1, f"{FAIRSEQ_V2}/base_text_only_task.yaml decoder.input_dropout"),
         ("method.ema.decay", 0.9999, f"{D2V} §4.2 text EMA"),
         ("method.ema.end_decay", 0.99999, f"{D2V} §4.2 text EMA"),
         ("optim.lr", 2e-4, f"{D2V} §4.2 text"),

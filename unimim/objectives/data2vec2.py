@@ -6,13 +6,33 @@ Vision, Speech and Language", ICML 2023, §3: the teacher and its targets are th
 conv decoder (:mod:`unimim.nn.decoder`) predicts every position from them plus noise in the masked slots, and each
 example carries R masks that share one teacher pass (multi-mask, ``masking.num_masks``).
 Ref: fairseq examples/data2vec/models/data2vec2.py@3d262bb (../shared/reference/data2vec.md §4).
-Not implemented from 2.0: ALiBi.
+
+The student's visible tokens carry nothing of the masked ones: the adapter zeroes masked positions before anything
+that mixes positions (the speech positional conv), as the reference's ``encoder_zero_mask``
+(:func:`~unimim.objectives.base.embed_visible`); the local encoder runs once per example and its output is repeated
+for the R masks (:meth:`~unimim.objectives.data2vec.Data2VecBase.student_features`), where the reference clones.
+
+Differences from the reference, deliberate or not yet done:
+
+* Prenet blocks: the reference's modality-specific blocks (``prenet_depth``: image 2, audio/text base 0) are the
+  first ordinary blocks of one encoder here (image base: depth 12 = 2 + 10). For one modality this is the same
+  network: the same blocks in the same order; the targets are the top K of the shared blocks there and the top K
+  of all blocks here, the same layers while K <= the shared depth (image base K = 10 of 10); the teacher averages
+  both (image ``ema_local_encoder``). What differs: the reference can give the prenet its own drop-path range and
+  layerdrop (the image base uses neither) and share the shared blocks across modalities (not supported here).
+* ALiBi (speech base: ``use_alibi_encoder`` with a learned per-head scale) is not implemented: the speech recipes
+  take positions from the conv positional encoder alone.
+* Post-LN image input: the reference's modality encoder applies a LayerNorm to cls + patches + positions before
+  the first post-LN block and draws the cls token from N(0, 1); the image adapter feeds the first block
+  unnormalised input and draws cls from N(0, 0.02^2) (speech and text do normalise: their adapters end in a
+  LayerNorm). Not done yet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unimim.core.masking import MaskInfo
@@ -52,5 +72,6 @@ class Data2Vec2(Data2VecBase):
                              "data2vec 1.0 only")
         p = self.num_prefix_tokens
         h = self.encode_visible(local, mask)  # (B, P + N_keep, D)
-        full = fill_masked(h[:, p:], MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
+        visible = F.dropout(h[:, p:], self.cfg.decoder.input_dropout, self.training)  # decoder input dropout
+        full = fill_masked(visible, MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
         return self.decoder(full), (h[:, 0] if p else None), local.padding_mask

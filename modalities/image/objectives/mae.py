@@ -10,7 +10,10 @@ Ref: facebookresearch/mae ``models_mae.py``@efb2a806 (``forward_encoder``, ``for
 spec in masked-image-modeling.md §1.1. Parity with ``transformers.ViTMAEForPreTraining`` is tested through
 :mod:`modalities.image.interop.convert_mae`.
 
-Not reproduced: MAE initialises every Linear and the patch projection xavier-uniform; here the encoder and decoder
+Not reproduced: MAE decays the cls and mask tokens (timm ``add_weight_decay`` skips only 1-D parameters, and the
+tokens are (1, 1, D)); the optimizer here keeps tokens and position tables out of weight decay for every objective
+(:func:`unimim.train.optim.no_decay`, as BEiT's and data2vec's ``no_weight_decay``), a deliberate choice. MAE
+initialises every Linear and the patch projection xavier-uniform; here the encoder and decoder
 blocks keep the encoder's truncated-normal (std 0.02) init (the decoder's input and output maps are xavier).
 """
 
