@@ -32,7 +32,20 @@ class Adapter(Protocol):
 
     def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
         """Embed raw input. ``mask`` (B, N) bool marks patches/frames whose embedding is replaced by the
-        learned mask token before positions are added; ``padding_mask`` is input-level padding."""
+        learned mask token before positions are added; ``padding_mask`` is input-level padding.
+        Always ``embed_features(local(inputs, padding_mask), mask)``."""
+        ...
+
+    def local(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tokens:
+        """The local encoder (patch embedding, conv waveform encoder, token embedding): raw input -> per-position
+        features (B, N, D) that each see only their own patch / receptive field / token, with the token padding
+        mask; no prefix tokens, no positions. Run once per example; R masks share it."""
+        ...
+
+    def embed_features(self, local: Tokens, mask: Tensor | None = None, *, drop_masked: bool = False) -> Tokens:
+        """Local features -> the encoder's tokens (mask token, prefix, positions). With ``drop_masked`` the caller
+        keeps only the visible tokens, and no visible token may carry anything of a masked position's content
+        (masked positions are zeroed before any step that mixes positions)."""
         ...
 
 

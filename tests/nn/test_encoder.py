@@ -127,3 +127,21 @@ def test_grad_checkpointing_gives_the_same_outputs_and_gradients():
     ckpt.blocks[0].forward = counted
     ckpt(Tokens(x=x)).x.sum().backward()
     assert len(calls) == 2  # the block ran again in the backward pass: its activations were not kept
+
+
+def test_act_dropout_is_separate_from_the_output_dropout():
+    """``act_dropout: 0`` (fairseq speech/text): fc2(gelu(fc1 x)) then dropout, the same draws as written out here;
+    the default drops after the activation too (timm's ViT)."""
+    from unimim.nn.block import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(8, 16, dropout=0.5, act_dropout=0.0).train()
+    x = torch.randn(4, 8)
+    torch.manual_seed(1)
+    out = mlp(x)
+    torch.manual_seed(1)
+    expected = torch.nn.functional.dropout(mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x))), 0.5)
+    torch.testing.assert_close(out, expected)
+    assert Mlp(8, 16, dropout=0.3).act_drop.p == 0.3
+    assert TransformerEncoder(EncoderConfig(dim=8, depth=1, num_heads=2, dropout=0.1, act_dropout=0.0)) \
+        .blocks[0].mlp.act_drop.p == 0.0

@@ -39,8 +39,8 @@ def test_student_never_sees_masked_content(mode):
             r, c = divmod(i, 4)
             x2[b, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(1, 4, 4) * 10
     student = model.student
-    a, cls_a, _ = student(x, mask, None)
-    b_, cls_b, _ = student(x2, mask, None)
+    a, cls_a, _ = student(model.adapter.local(x), mask)
+    b_, cls_b, _ = student(model.adapter.local(x2), mask)
     torch.testing.assert_close(a, b_)
     torch.testing.assert_close(cls_a, cls_b)
     assert not torch.allclose(model.targets(x, None), model.targets(x2, None))  # the teacher sees everything
@@ -127,9 +127,47 @@ def test_cls_loss_adds_weighted_regression_to_the_mean_target(mode):
         plain = make(mode)(Batch(inputs=x, mask=mask))
         model = make(mode, cls_loss_weight=2.5)
         out = model(Batch(inputs=x, mask=mask))
-        _, cls, _ = model.student(x, mask, None)
+        _, cls, _ = model.student(model.adapter.local(x), mask)
         y = model.targets(x, None)  # (B, N, D)
         per_elem = torch.nn.functional.smooth_l1_loss(cls, y.mean(1), beta=2.0, reduction="none")  # (B, D)
         expected = per_elem.sum(-1).mean() / 32  # scale 1/D (inv_dim), mean over rows
         assert out.logs["cls_loss"] == pytest.approx(float(expected), rel=1e-4)
         assert float(out.loss) == pytest.approx(float(plain.loss) + 2.5 * float(expected), rel=1e-4)
+
+
+def test_decoder_options_match_a_hand_written_decoder():
+    """``residual: false`` and ``projection_layers: 2`` (the 2.0 text base): conv -> LN -> GELU per layer with no
+    residual, then Linear(dim, 2 dim) - GELU - Linear(2 dim, in_dim), written out here with the module's weights."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    dec = ConvDecoder(DecoderConfig(dim=16, layers=3, kernel=3, groups=1, residual=False, projection_layers=2),
+                      in_dim=16)
+    assert [m.weight.shape for m in dec.proj if isinstance(m, torch.nn.Linear)] == [(32, 16), (16, 32)]
+    x = torch.randn(2, 7, 16)
+    h = x.transpose(1, 2)
+    for conv in dec.convs:
+        h = F.gelu(F.layer_norm(conv(h).transpose(1, 2), (16,)).transpose(1, 2))  # no residual
+    lin1, lin2 = dec.proj[0], dec.proj[2]
+    expected = lin2(F.gelu(lin1(h.transpose(1, 2))))
+    torch.testing.assert_close(dec(x), expected)
+    with_res = ConvDecoder(DecoderConfig(dim=16, layers=3, kernel=3, groups=1), in_dim=16)
+    assert with_res.residual == [True, True, True] and dec.residual == [False, False, False]
+    with pytest.raises(ValueError, match="projection_layers"):
+        DecoderConfig(projection_layers=0)
+
+
+def test_decoder_input_dropout_drops_visible_outputs_only():
+    model = make("v2")
+    model.cfg.decoder.input_dropout = 0.5
+    model.cfg.mask_noise_std = 0.01
+    seen = []
+    model.decoder.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x, mask = torch.randn(4, 1, 16, 16), exact_mask(4)
+    for train in (True, False):
+        model.train(train)
+        model.student(model.adapter.local(x), mask)
+    zero = seen[0] == 0  # (B, N, D)
+    frac = zero[~mask].float().mean()
+    assert 0.4 < frac < 0.6 and not zero[mask].any()  # about half of the visible outputs, none of the noise
+    assert not (seen[1] == 0).any()  # off in eval mode

@@ -198,3 +198,9 @@ def test_bf16_engine_does_not_rely_on_an_autocast_around_deepspeed(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
+
+
+def test_per_parameter_clipping_is_refused_under_deepspeed():
+    with pytest.raises(ConfigError, match="clip_mode=per_param"):
+        build_ds_config(cfg_with("optim.clip_mode=per_param", "optim.clip_grad=3.0"), world_size=1)
+    assert build_ds_config(cfg_with("optim.clip_mode=per_param", "optim.clip_grad=null"), world_size=1)

@@ -1,7 +1,11 @@
+import math
+
 import numpy as np
 import pytest
+import torch
 
-from unimim.train.optim import OptimConfig, build_optimizer, peak_lr
+from unimim.train.engine import SingleProcessEngine
+from unimim.train.optim import OptimConfig, build_optimizer, peak_lr, weight_decay_schedule
 from unimim.train.schedules import cosine_with_warmup
 
 
@@ -59,3 +63,66 @@ def test_fp16_needs_cuda():
     with pytest.raises(ValueError, match="fp16 training needs a CUDA device"):
         SingleProcessEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), np.zeros(1),
                             device=torch.device("cpu"), precision="fp16")
+
+
+def test_weight_decay_schedule_is_ibots_cosine():
+    """iBOT / DINO ``cosine_scheduler(0.04, 0.4, ...)``: 0.04 at step 0, then wd_end + (wd - wd_end) / 2 (1 + cos(pi
+    i / n))."""
+    assert weight_decay_schedule(OptimConfig(weight_decay=0.04), 10) is None  # constant: nothing scheduled
+    s = weight_decay_schedule(OptimConfig(weight_decay=0.04, weight_decay_end=0.4), 11)
+    assert len(s) == 11 and s[0] == pytest.approx(0.04)
+    assert s[10] == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * 10 / 11)))
+    assert np.all(np.diff(s) > 0)
+    with pytest.raises(ValueError, match="weight_decay_end"):
+        OptimConfig(weight_decay_end=-0.1)
+    with pytest.raises(ValueError, match="clip_mode"):
+        OptimConfig(clip_mode="norm")
+
+
+def _engine(model, **kw):
+    opt = build_optimizer(model, OptimConfig(lr=1.0, base_lr=None, weight_decay=0.04))
+    return opt, SingleProcessEngine(model, opt, np.full(5, 0.1), device=torch.device("cpu"), precision="fp32", **kw)
+
+
+def test_engine_sets_the_scheduled_weight_decay_on_the_decayed_group_only():
+    model = torch.nn.Linear(3, 2)
+    wd = np.array([0.04, 0.2, 0.4])
+    opt, engine = _engine(model, wd_schedule=wd)
+    for step in range(3):
+        model(torch.randn(4, 3)).sum().backward()
+        out = engine.step(step)
+        assert out["weight_decay"] == pytest.approx(wd[step])
+        decayed, plain = opt.param_groups
+        assert decayed["weight_decay"] == pytest.approx(wd[step]) and plain["weight_decay"] == 0.0
+    # the decay really acts: a zero gradient leaves w * (1 - lr * wd) after the AdamW step with the last value
+    model.weight.grad, model.bias.grad = torch.zeros_like(model.weight), torch.zeros_like(model.bias)
+    w = model.weight.detach().clone()
+    engine.step(4)  # past the schedule's end: its last value
+    state = opt.state[model.weight]
+    m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+    expected = w * (1 - 0.1 * 0.4) - 0.1 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    torch.testing.assert_close(model.weight.detach(), expected)
+
+
+def test_per_parameter_clipping_clips_each_gradient_on_its_own():
+    """iBOT ``clip_gradients``: each gradient whose norm exceeds 3 is scaled to 3 / (norm + 1e-6); the others stay;
+    the global mode scales all of them by one factor instead."""
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))
+    model = torch.nn.ParameterList([a, b])
+    ga, gb = torch.tensor([6.0, 8.0, 0.0, 0.0]), torch.tensor([0.6, 0.8])  # norms 10 and 1
+    seen = {}
+    for mode in ("per_param", "global"):
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        engine = SingleProcessEngine(model, opt, np.ones(1), device=torch.device("cpu"), precision="fp32",
+                                     clip_grad=3.0, clip_mode=mode)
+        a.grad, b.grad = ga.clone(), gb.clone()
+        with torch.no_grad():
+            a.zero_(), b.zero_()
+        out = engine.step(0)
+        assert out["grad_norm"] == pytest.approx(math.sqrt(101.0))  # the norm before clipping, in both modes
+        seen[mode] = (-a.detach().clone(), -b.detach().clone())  # SGD lr 1 from 0: minus the clipped gradient
+    torch.testing.assert_close(seen["per_param"][0], ga * 3.0 / (10.0 + 1e-6))
+    torch.testing.assert_close(seen["per_param"][1], gb)
+    scale = 3.0 / (math.sqrt(101.0) + 1e-6)
+    torch.testing.assert_close(seen["global"][0], ga * scale)
+    torch.testing.assert_close(seen["global"][1], gb * scale)

@@ -35,6 +35,9 @@ def test_every_recipe_smoke(recipe, tmp_path):
     rows = read_metrics(result.run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"loss", "lr", "grad_norm", "samples_per_s"} | objective_logs(cfg.objective) <= rows[0].keys()
+    if cfg.optim.weight_decay_end is not None:  # a scheduled weight decay is logged (iBOT's 0.04 -> 0.4)
+        assert rows[0]["weight_decay"] == pytest.approx(cfg.optim.weight_decay)
+        assert rows[-1]["weight_decay"] > rows[0]["weight_decay"]
     assert (result.run_dir / "config.yaml").is_file()
     ckpt = load_checkpoint(result.run_dir / "checkpoint.pt")
     assert ckpt["step"] == 3 and ckpt["config"]["name"] == cfg.name

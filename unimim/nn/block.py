@@ -14,17 +14,20 @@ from unimim.nn.drop import DropPath, LayerScale
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout. (.., D) -> (.., D)."""
+    """fc1 -> GELU -> dropout (``act_dropout``, default ``dropout``) -> fc2 -> dropout. (.., D) -> (.., D).
+    timm's ViT drops after the activation with the same rate; fairseq's speech/text layers use
+    ``activation_dropout`` (0 in data2vec) there."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, act_dropout: float | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
+        self.act_drop = nn.Dropout(dropout if act_dropout is None else act_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(self.fc2(self.act_drop(self.act(self.fc1(x)))))
 
 
 class Block(nn.Module):
@@ -47,6 +50,7 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
+        act_dropout: float | None = None,
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -54,7 +58,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_dropout, proj_drop=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, act_dropout)
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

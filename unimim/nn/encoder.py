@@ -25,6 +25,8 @@ class EncoderConfig:
     drop_path: float = 0.0       # stochastic depth, linearly increasing to this value at the last block
     dropout: float = 0.0
     attn_dropout: float = 0.0
+    # dropout after the FFN activation; None = encoder.dropout (timm ViT); fairseq speech/text: activation_dropout 0
+    act_dropout: float | None = None
     norm_eps: float = 1e-6       # 1e-6 ViT/BEiT, 1e-5 fairseq speech/text
     init_std: float = 0.02       # truncated-normal std for Linear weights
     grad_checkpointing: bool = False  # recompute each block in the backward pass: less activation memory, ~1/3 more
@@ -39,6 +41,8 @@ class EncoderConfig:
         for name in ("drop_path", "dropout", "attn_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"encoder.{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.act_dropout is not None and not 0 <= self.act_dropout < 1:
+            raise ValueError(f"encoder.act_dropout must lie in [0, 1) or be null, got {self.act_dropout}")
         if self.dim % self.num_heads != 0:
             raise ValueError(f"encoder.dim={self.dim} must be divisible by encoder.num_heads={self.num_heads}")
 
@@ -75,6 +79,7 @@ class TransformerEncoder(nn.Module):
                 drop_path=rate,
                 dropout=cfg.dropout,
                 attn_dropout=cfg.attn_dropout,
+                act_dropout=cfg.act_dropout,
                 norm_eps=cfg.norm_eps,
             )
             for rate in rates

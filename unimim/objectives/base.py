@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from unimim.core.masking import MaskInfo, prepend_unmasked
 from unimim.nn.encoder import TransformerEncoder
+from unimim.nn.tokens import Tokens
 
 
 @dataclass
@@ -93,6 +95,22 @@ def encode_with(adapter: nn.Module, encoder: TransformerEncoder, inputs: Tensor,
         return out.x
     picked = [out.layers[i] for i in resolve_layers(layers, len(out.layers))]  # k x (B, T, D)
     return torch.stack(picked).mean(dim=0)  # (k, B, T, D) -> (B, T, D)
+
+
+def embed_visible(adapter: nn.Module, local: Tokens, mask: Tensor) -> Tokens:
+    """The visible tokens of a student that drops the masked ones (data2vec 2.0, MAE): local features (B, N, D),
+    mask (B, N) with the same count in every row -> Tokens (B, P + N_keep, D), prefix tokens first.
+
+    The masked positions' content is removed before any step that mixes positions (the speech positional conv),
+    as the reference does (fairseq examples/data2vec/models/modalities/base.py: ``apply_mask`` with
+    ``encoder_zero_mask`` before ``relative_positional_encoder``), so a visible token sees nothing of them."""
+    p = adapter.num_prefix_tokens
+    keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, P + N_keep), prefix tokens first
+    if keep is None:
+        raise ValueError("a student that drops masked tokens needs the same number of masked tokens in every row "
+                         "(the same number of masked patches in every image); use a mask that masks an exact "
+                         "count (masking.kind: inverse_block or random)")
+    return adapter.embed_features(local, mask, drop_masked=True).select(keep)
 
 
 def resolve_layers(layers: Sequence[int], depth: int) -> list[int]:

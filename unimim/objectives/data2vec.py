@@ -33,6 +33,7 @@ from unimim.core.ema import EMAConfig
 from unimim.core.losses import regression_loss, resolve_scale
 from unimim.core.targets import Norm, build_targets
 from unimim.nn.encoder import TransformerEncoder
+from unimim.nn.tokens import Tokens
 from unimim.objectives.base import ObjectiveOutput
 from unimim.objectives.teacher import TeacherStudentObjective
 
@@ -94,11 +95,18 @@ class Data2VecBase(TeacherStudentObjective):
         self.cfg = cfg
         self.loss_scale = resolve_scale(cfg.loss_scale, encoder.cfg.dim)
 
-    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
-                corrupted: Tensor | None = None) -> StudentOutput:
-        """inputs (B', ...), mask (B', N) -> predictions (B', N, D), the cls output (B', D) | None and the token
-        padding mask (B', N) | None. ``corrupted`` (B', N): the input already corrupted by the masking."""
+    def student(self, local: Tokens, mask: Tensor, corrupted: bool = False) -> StudentOutput:
+        """local: the adapter's local features of the student's input (B', N, D), mask (B', N) -> predictions
+        (B', N, D), the cls output (B', D) | None and the token padding mask (B', N) | None. ``corrupted``: the
+        features are of the input already corrupted by the masking (BERT), used as they are."""
         raise NotImplementedError
+
+    def student_features(self, inputs: Tensor, padding_mask: Tensor | None, r: int) -> Tokens:
+        """The local encoder (patch embedding, conv waveform encoder, token embedding) runs once per example and
+        its output is repeated for the example's R masks: (B, ...) -> Tokens (B*R, N, D). The reference clones
+        after the local encoder too (fairseq ``contextualized_features``: ``x.repeat_interleave(clone_batch)``
+        after ``local_features``), which for speech spares R - 1 runs of the conv feature encoder."""
+        return self.adapter.local(inputs, padding_mask).repeat_interleave(r)
 
     @torch.no_grad()
     def targets(self, inputs: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -126,12 +134,14 @@ class Data2VecBase(TeacherStudentObjective):
         mask = batch.mask.flatten(0, 1)  # (B, R, N) -> (B*R, N)
         y = self.targets(inputs, padding_mask)  # (B, N, D): the teacher runs once per example, on clean input
         if r > 1:
-            inputs, y = inputs.repeat_interleave(r, 0), y.repeat_interleave(r, 0)  # (B, ...) -> (B*R, ...)
+            y = y.repeat_interleave(r, 0)  # (B, N, D) -> (B*R, N, D)
+        if corrupted is not None:  # one corrupted input per mask: (B, R, N) -> (B*R, N)
             if padding_mask is not None:
                 padding_mask = padding_mask.repeat_interleave(r, 0)
-        if corrupted is not None:
-            corrupted = corrupted.flatten(0, 1)  # (B, R, N) -> (B*R, N)
-        pred, cls, pad = self.student(inputs, mask, padding_mask, corrupted)  # (B', N, D), (B', D) | None, ...
+            local = self.adapter.local(corrupted.flatten(0, 1), padding_mask)
+        else:
+            local = self.student_features(inputs, padding_mask, r)  # Tokens (B*R, N, D)
+        pred, cls, pad = self.student(local, mask, corrupted is not None)  # (B', N, D), (B', D) | None, ...
 
         logs = {}
         cls_loss = None
@@ -177,14 +187,10 @@ class Data2Vec(Data2VecBase):
         self.head = regression_head(encoder.cfg.dim, cfg.head_layers)
         self.attach_teacher(self.backbone, cfg.ema)
 
-    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
-                corrupted: Tensor | None = None) -> StudentOutput:
+    def student(self, local: Tokens, mask: Tensor, corrupted: bool = False) -> StudentOutput:
         """Mask tokens substituted at the input (or, with ``corrupted``, the already corrupted input as it is)."""
         p = self.num_prefix_tokens
-        if corrupted is not None:
-            tokens = self.adapter.embed(corrupted, padding_mask=padding_mask)
-        else:
-            tokens = self.adapter.embed(inputs, mask=mask, padding_mask=padding_mask)
+        tokens = self.adapter.embed_features(local, None if corrupted else mask)
         h = self.encoder(tokens).x  # (B, T, D)
         # the head runs on every position so that matrix shapes do not change with the mask count (a new
         # shape costs a kernel re-plan on CPU backends); it is a per-token map, so the result is the same

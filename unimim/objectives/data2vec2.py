@@ -6,18 +6,40 @@ Vision, Speech and Language", ICML 2023, §3: the teacher and its targets are th
 conv decoder (:mod:`unimim.nn.decoder`) predicts every position from them plus noise in the masked slots, and each
 example carries R masks that share one teacher pass (multi-mask, ``masking.num_masks``).
 Ref: fairseq examples/data2vec/models/data2vec2.py@3d262bb (../shared/reference/data2vec.md §4).
-Not implemented from 2.0: ALiBi.
+
+The student's visible tokens carry nothing of the masked ones: the adapter zeroes masked positions before anything
+that mixes positions (the speech positional conv), as the reference's ``encoder_zero_mask``
+(:func:`~unimim.objectives.base.embed_visible`); the local encoder runs once per example and its output is repeated
+for the R masks (:meth:`~unimim.objectives.data2vec.Data2VecBase.student_features`), where the reference clones.
+
+Differences from the reference, deliberate or not yet done:
+
+* Prenet blocks: the reference's modality-specific blocks (``prenet_depth``: image 2, audio/text base 0) are the
+  first ordinary blocks of one encoder here (image base: depth 12 = 2 + 10). For one modality this is the same
+  network: the same blocks in the same order; the targets are the top K of the shared blocks there and the top K
+  of all blocks here, the same layers while K <= the shared depth (image base K = 10 of 10); the teacher averages
+  both (image ``ema_local_encoder``). What differs: the reference can give the prenet its own drop-path range and
+  layerdrop (the image base uses neither) and share the shared blocks across modalities (not supported here).
+* ALiBi (speech base: ``use_alibi_encoder`` with a learned per-head scale) is not implemented: the speech recipes
+  take positions from the conv positional encoder alone.
+* Post-LN image input: the reference's modality encoder applies a LayerNorm to cls + patches + positions before
+  the first post-LN block and draws the cls token from N(0, 1); the image adapter feeds the first block
+  unnormalised input and draws cls from N(0, 0.02^2) (speech and text do normalise: their adapters end in a
+  LayerNorm). Not done yet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unimim.core.masking import MaskInfo, prepend_unmasked
+from unimim.core.masking import MaskInfo
 from unimim.nn.decoder import ConvDecoder, DecoderConfig, fill_masked
 from unimim.nn.encoder import TransformerEncoder
+from unimim.nn.tokens import Tokens
+from unimim.objectives.base import embed_visible
 from unimim.objectives.data2vec import Data2VecBase, Data2VecTargetConfig, StudentOutput
 
 
@@ -38,21 +60,18 @@ class Data2Vec2(Data2VecBase):
         self.decoder = ConvDecoder(cfg.decoder, in_dim=encoder.cfg.dim, grid=getattr(adapter, "grid", None))
         self.attach_teacher(self.backbone, cfg.ema)
 
-    def student(self, inputs: Tensor, mask: Tensor, padding_mask: Tensor | None,
-                corrupted: Tensor | None = None) -> StudentOutput:
+    def encode_visible(self, local: Tokens, mask: Tensor) -> Tensor:
+        """The student encoder on the visible tokens only: local features (B', N, D), mask (B', N) -> (B', P +
+        N_keep, D), prefix tokens first. Nothing of a masked position reaches it (:func:`embed_visible`)."""
+        return self.encoder(embed_visible(self.adapter, local, mask)).x
+
+    def student(self, local: Tokens, mask: Tensor, corrupted: bool = False) -> StudentOutput:
         """The encoder sees only visible tokens; the conv decoder fills in the rest."""
-        if corrupted is not None:
+        if corrupted:
             raise ValueError("data2vec 2.0 drops masked tokens; corrupted student inputs (BERT masking) apply to "
                              "data2vec 1.0 only")
         p = self.num_prefix_tokens
-        tokens = self.adapter.embed(inputs, padding_mask=padding_mask)
-        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, T_keep), prefix tokens first
-        if keep is None:
-            raise ValueError(
-                "data2vec 2.0 needs the same number of masked tokens in every row; use a mask that masks an exact "
-                "count (masking.kind: inverse_block or random)"
-            )
-        h = self.encoder(tokens.select(keep)).x  # (B, T_keep, D)
-        full = fill_masked(h[:, p:], MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
-        pad = None if tokens.padding_mask is None else tokens.padding_mask[:, p:]
-        return self.decoder(full), (h[:, 0] if p else None), pad
+        h = self.encode_visible(local, mask)  # (B, P + N_keep, D)
+        visible = F.dropout(h[:, p:], self.cfg.decoder.input_dropout, self.training)  # decoder input dropout
+        full = fill_masked(visible, MaskInfo.from_mask(mask).ids_restore, self.cfg.mask_noise_std)  # (B, N, D)
+        return self.decoder(full), (h[:, 0] if p else None), local.padding_mask

@@ -29,6 +29,8 @@ from torch import nn
 from unimim.config import ConfigError
 from unimim.objectives.base import ObjectiveOutput
 from unimim.train import distributed as dist_utils
+from unimim.train.engine import scheduled
+from unimim.train.optim import set_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ def build_ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
     and the loop follow the recipe, so a silent disagreement would train something else than the config says.
     """
     t, precision = cfg.train, cfg.train.precision
+    if cfg.optim.clip_mode != "global" and cfg.optim.clip_grad is not None:
+        raise ConfigError("optim.clip_mode=per_param is not available under DeepSpeed, which clips by the global "
+                          "norm only (gradient_clipping; under ZeRO each rank holds a shard of the gradients): use "
+                          "clip_mode: global there, or the single-process engine")
     generated: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.accumulate,
@@ -168,11 +174,12 @@ class DeepSpeedEngine:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: np.ndarray, *,
-                 ds_config: dict[str, Any], precision: str) -> None:
+                 ds_config: dict[str, Any], precision: str, wd_schedule: np.ndarray | None = None) -> None:
         import deepspeed
 
         self.precision = precision
         self.lr_schedule = lr_schedule
+        self.wd_schedule = wd_schedule
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
         autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         entry = _Entry(model, autocast_dtype)
@@ -204,13 +211,15 @@ class DeepSpeedEngine:
             self.ds.step()
 
     def step(self, step: int) -> dict[str, float]:
-        lr = float(self.lr_schedule[min(step, len(self.lr_schedule) - 1)])
-        for group in self.ds.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        lr, wd = scheduled(self.lr_schedule, self.wd_schedule, step)
+        set_hyperparameters(self.ds.optimizer, lr, wd)
         self.ds.step()
         grad_norm = self.ds.get_global_grad_norm()
         grad_norm = math.nan if grad_norm is None else float(grad_norm)
-        return {"lr": lr, "grad_norm": grad_norm}
+        out = {"lr": lr, "grad_norm": grad_norm}
+        if wd is not None:
+            out["weight_decay"] = wd
+        return out
 
     def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
         return dist_utils.reduce_mean(values, self.device)

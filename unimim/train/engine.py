@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from unimim.train.optim import clip_per_parameter, global_grad_norm, set_hyperparameters
+
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -46,6 +48,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def scheduled(lr_schedule: np.ndarray, wd_schedule: np.ndarray | None, step: int) -> tuple[float, float | None]:
+    """The lr and the weight decay (None: not scheduled) of optimizer step ``step`` (the last value past the end)."""
+    lr = float(lr_schedule[min(step, len(lr_schedule) - 1)])
+    wd = None if wd_schedule is None else float(wd_schedule[min(step, len(wd_schedule) - 1)])
+    return lr, wd
+
+
 class SingleProcessEngine:
     """One process on a CPU or one GPU: autocast mixed precision, accumulation, clipping, step-indexed lr.
 
@@ -54,7 +63,10 @@ class SingleProcessEngine:
         optimizer: built over ``model``'s parameters; its groups' lr are overwritten from ``lr_schedule`` each step.
         lr_schedule: (total_steps,) peak-scaled learning rates.
         accumulate: micro-batches per optimizer step; each micro-batch loss is divided by it.
-        clip_grad: max global gradient norm, or None.
+        clip_grad: max gradient norm, or None.
+        clip_mode: ``global`` (one norm over every gradient) or ``per_param`` (each gradient on its own, iBOT).
+        wd_schedule: (total_steps,) weight decay of the decayed group (optimizer groups with ``wd_scale``), or None
+            to keep the optimizer's.
         precision: fp32, bf16 (autocast, no scaler) or fp16 (autocast + GradScaler, CUDA only).
     """
 
@@ -67,6 +79,8 @@ class SingleProcessEngine:
         device: torch.device,
         accumulate: int = 1,
         clip_grad: float | None = None,
+        clip_mode: str = "global",
+        wd_schedule: np.ndarray | None = None,
         precision: Precision = "bf16",
     ) -> None:
         if precision == "fp16" and device.type != "cuda":
@@ -77,6 +91,8 @@ class SingleProcessEngine:
         self.lr_schedule = lr_schedule
         self.accumulate = accumulate
         self.clip_grad = clip_grad
+        self.clip_mode = clip_mode
+        self.wd_schedule = wd_schedule
         self.precision = precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -93,16 +109,23 @@ class SingleProcessEngine:
         self.scaler.scale(loss / self.accumulate).backward()
 
     def step(self, step: int) -> dict[str, float]:
-        lr = float(self.lr_schedule[min(step, len(self.lr_schedule) - 1)])
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        lr, wd = scheduled(self.lr_schedule, self.wd_schedule, step)
+        set_hyperparameters(self.optimizer, lr, wd)
         self.scaler.unscale_(self.optimizer)
-        max_norm = self.clip_grad if self.clip_grad is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        if self.clip_mode == "per_param":
+            grad_norm = global_grad_norm(self._params)  # logged before clipping, as the global mode does
+            if self.clip_grad is not None:
+                clip_per_parameter(self._params, self.clip_grad)
+        else:
+            max_norm = self.clip_grad if self.clip_grad is not None else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"lr": lr, "grad_norm": float(grad_norm)}
+        out = {"lr": lr, "grad_norm": grad_norm}
+        if wd is not None:
+            out["weight_decay"] = wd
+        return out
 
     def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
         return dict(values)  # one process: nothing to average

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
+
+from unimim.train.schedules import cosine_with_warmup
 
 
 @dataclass
@@ -17,7 +22,13 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    clip_grad: float | None = 3.0  # max global grad norm (None = off)
+    clip_grad: float | None = 3.0  # max grad norm (None = off): of all gradients together, or of each (clip_mode)
+    # global: one norm over every gradient (torch clip_grad_norm_); per_param: each parameter's gradient clipped to
+    # its own norm clip_grad (iBOT / DINO ``clip_gradients``)
+    clip_mode: Literal["global", "per_param"] = "global"
+    # weight decay of the decayed group: constant weight_decay (None), or a cosine from weight_decay at step 0 to
+    # weight_decay_end at the last step (iBOT / DINO: 0.04 -> 0.4; BEiT's ``--weight_decay_end``)
+    weight_decay_end: float | None = None
 
     def __post_init__(self) -> None:
         if (self.lr is None) == (self.base_lr is None):
@@ -34,6 +45,11 @@ class OptimConfig:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"optim.clip_grad must be > 0 (null switches clipping off), got {self.clip_grad}")
+        if self.clip_mode not in ("global", "per_param"):
+            raise ValueError(f"optim.clip_mode must be 'global' or 'per_param', got {self.clip_mode!r}")
+        if self.weight_decay_end is not None and not self.weight_decay_end >= 0:
+            raise ValueError(f"optim.weight_decay_end must be >= 0 (null: constant weight decay), got "
+                             f"{self.weight_decay_end}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
         if not self.eps > 0:
@@ -51,14 +67,49 @@ def no_decay(name: str, p: nn.Parameter) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters with two groups: decayed and not decayed."""
+    """AdamW over trainable parameters with two groups: decayed (``wd_scale`` 1) and not decayed (``wd_scale`` 0);
+    an engine with a weight-decay schedule sets each group's decay to the scheduled value x ``wd_scale``."""
     decay, skip = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (skip if no_decay(name, p) else decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": skip, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay, "wd_scale": 1.0},
+        {"params": skip, "weight_decay": 0.0, "wd_scale": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+
+
+def weight_decay_schedule(cfg: OptimConfig, total_steps: int) -> np.ndarray | None:
+    """(total_steps,) weight decay per optimizer step: a cosine from ``weight_decay`` to ``weight_decay_end``
+    without warm-up (iBOT / DINO ``cosine_scheduler(wd, wd_end, epochs, niter)``), or None when constant."""
+    if cfg.weight_decay_end is None:
+        return None
+    return cosine_with_warmup(cfg.weight_decay, cfg.weight_decay_end, total_steps, 0)
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None) -> None:
+    """Every group's lr = ``lr`` x its ``lr_scale``; with a scheduled ``weight_decay``, its decay = that x its
+    ``wd_scale`` (groups without one keep theirs)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if weight_decay is not None and "wd_scale" in group:
+            group["weight_decay"] = weight_decay * group["wd_scale"]
+
+
+@torch.no_grad()
+def clip_per_parameter(params: list[nn.Parameter], max_norm: float) -> None:
+    """Each gradient scaled down to norm ``max_norm`` if above it, independently of the others (iBOT / DINO
+    ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)`` where below 1)."""
+    for p in params:
+        if p.grad is None:
+            continue
+        coef = max_norm / (float(p.grad.norm(2)) + 1e-6)
+        if coef < 1:
+            p.grad.mul_(coef)
+
+
+def global_grad_norm(params: list[nn.Parameter]) -> float:
+    """The 2-norm of all gradients together (what ``grad_norm`` logs), without clipping."""
+    return float(torch.nn.utils.clip_grad_norm_(params, math.inf))

@@ -26,7 +26,7 @@ from unimim.train.engine import SingleProcessEngine, resolve_device
 from unimim.train.interrupt import stop_on_signals
 from unimim.train.loop import train_loop
 from unimim.train.metrics import MetricsWriter, NullMetrics
-from unimim.train.optim import build_optimizer, peak_lr
+from unimim.train.optim import build_optimizer, peak_lr, weight_decay_schedule
 from unimim.train.run_dir import OutputError, describe_os_error, locked, make_run_dir, remove_partial_files, set_aside
 from unimim.train.schedules import cosine_with_warmup
 
@@ -104,7 +104,8 @@ def _check_accelerator(cfg: Any) -> None:
                          "accelerator; use precision: bf16" + (" or fp32" if cfg.train.precision == "bf16" else ""))
 
 
-def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray) -> Any:
+def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray,
+                     wd_schedule: np.ndarray | None = None) -> Any:
     """Join the process group, then wrap ``objective`` in a DeepSpeed engine (its config saved in the run dir)."""
     from unimim.train.ds_engine import DS_CONFIG_NAME, DeepSpeedEngine, build_ds_config
 
@@ -114,7 +115,7 @@ def _build_deepspeed(cfg: Any, objective: torch.nn.Module, schedule: np.ndarray)
     if dist_utils.rank() == 0:
         _write_text(cfg.run_dir / DS_CONFIG_NAME, json.dumps(ds_config, indent=2) + "\n")
     return DeepSpeedEngine(objective, build_optimizer(objective, cfg.optim), schedule, ds_config=ds_config,
-                           precision=cfg.train.precision)
+                           precision=cfg.train.precision, wd_schedule=wd_schedule)
 
 
 def _beating(batches: Iterator[Batch], beat: Callable[[], None]) -> Iterator[Batch]:
@@ -184,13 +185,15 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     global_batch = cfg.effective_batch * world
     lr = peak_lr(cfg.optim, global_batch)
     schedule = cosine_with_warmup(lr, cfg.optim.min_lr, cfg.train.steps, cfg.optim.warmup_steps)
+    wd_schedule = weight_decay_schedule(cfg.optim, cfg.train.steps)
     if cfg.deepspeed.enabled:
-        engine = _build_deepspeed(cfg, objective, schedule)
+        engine = _build_deepspeed(cfg, objective, schedule, wd_schedule)
         store = DeepSpeedCheckpoints(engine, run_dir, resolved)
     else:
         engine = SingleProcessEngine(
             objective, build_optimizer(objective, cfg.optim), schedule, device=resolve_device(cfg.train.device),
-            accumulate=cfg.train.accumulate, clip_grad=cfg.optim.clip_grad, precision=cfg.train.precision,
+            accumulate=cfg.train.accumulate, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode,
+            wd_schedule=wd_schedule, precision=cfg.train.precision,
         )
     log.info("%s/%s: %.2fM trainable parameters, peak lr %.3g (global batch %d = %d processes x %d), %d examples, "
              "device %s", cfg.modality, cfg.objective, n_params / 1e6, lr, global_batch, engine.world_size,

@@ -22,3 +22,4 @@ def cosine_with_warmup(
     i = np.arange(n)
     decay = final + 0.5 * (base - final) * (1 + np.cos(math.pi * i / max(n, 1)))
     return np.concatenate([warm, decay])
+

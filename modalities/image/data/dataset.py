@@ -58,6 +58,9 @@ class ImageDataConfig:
     channels: int = 1  # 1 ("L") or 3 ("RGB"); every image is converted to this mode
     crop_scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop scale for pretraining views
     hflip: bool = True
+    # ColorJitter(b, b, b) (brightness, contrast, saturation; no hue) on every pretraining view before the crop, as
+    # BEiT and data2vec 1.0 vision (both 0.4); 0 = off
+    color_jitter: float = 0.0
     mean: tuple[float, ...] = (0.2860,)  # Fashion-MNIST train mean/std
     std: tuple[float, ...] = (0.3530,)
     synthetic_size: int = 256  # number of random images for source=synthetic
@@ -83,6 +86,8 @@ class ImageDataConfig:
                 raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(values)}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
+        if not self.color_jitter >= 0:
+            raise ValueError(f"color_jitter must be >= 0, got {self.color_jitter}")
         if self.synthetic_size <= 0:
             raise ValueError(f"synthetic_size must be positive, got {self.synthetic_size}")
         if self.limit is not None and self.limit < 1:
@@ -186,14 +191,18 @@ def load_image(sample: tuple[Image.Image, int], transform: Callable[[Image.Image
 
 
 def pretrain_transform(cfg: ImageDataConfig) -> T.Compose:
-    """Pretraining view: RandomResizedCrop (bicubic) + optional horizontal flip + ToTensor + Normalize.
+    """Pretraining view: optional ColorJitter + RandomResizedCrop (bicubic) + optional horizontal flip + ToTensor +
+    Normalize. The jitter comes first, as in BEiT / data2vec_vision ``DataAugmentationForBEiT`` (jitter, flip, crop;
+    the flip and the crop commute in distribution).
 
     Randomness comes from torch's global RNG: seed it (``torch.manual_seed``) per sample for determinism.
     Output: float32 (channels, image_size, image_size).
     """
     mean, std = cfg.channel_stats()
-    ops: list[Any] = [
-        ConvertMode(cfg.mode),
+    ops: list[Any] = [ConvertMode(cfg.mode)]
+    if cfg.color_jitter > 0:
+        ops.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+    ops += [
         T.RandomResizedCrop(
             cfg.image_size, scale=tuple(cfg.crop_scale), interpolation=T.InterpolationMode.BICUBIC
         ),

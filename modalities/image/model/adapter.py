@@ -96,10 +96,9 @@ class ImageAdapter(nn.Module):
         table = F.interpolate(table, size=tuple(grid), mode="bicubic", align_corners=False)  # (1, D, h, w)
         return torch.cat([self.pos_embed[:, :p], table.flatten(2).transpose(1, 2)], dim=1)  # (1, P + h*w, D)
 
-    def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
-        """inputs: (B, C, H, W) with H, W multiples of the patch size (the configured ``image_size`` or any other:
-        absolute positions follow the grid, see :meth:`positions`); mask: (B, N) bool, True = replace the patch by
-        the mask token. Returns Tokens(x (B, T, D), attn_bias (1, heads, T, T) | None), T = N + prefix."""
+    def local(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tokens:
+        """The local encoder (patch embedding), run once per example: inputs (B, C, H, W) with H, W multiples of the
+        patch size -> Tokens(x (B, N, D), grid (h, w)); no cls token, no positions."""
         if padding_mask is not None:
             raise ValueError("images have no padding; padding_mask must be None")
         size, patch = self.cfg.image_size, self.cfg.patch_size
@@ -114,10 +113,19 @@ class ImageAdapter(nn.Module):
             raise ValueError(f"the relative position bias is built for {size} x {size} images; got "
                              f"{tuple(inputs.shape[-2:])} (other sizes need absolute positions: learned or sincos)")
         x = self.patch_embed(inputs).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+        return Tokens(x=x, grid=grid)
+
+    def embed_features(self, local: Tokens, mask: Tensor | None = None, *, drop_masked: bool = False) -> Tokens:
+        """Patch features (B, N, D) on ``local.grid`` -> Tokens(x (B, T, D), attn_bias (1, heads, T, T) | None),
+        T = N + prefix: masked patches replaced by the mask token (zeroed with ``drop_masked``: the student drops
+        them; every later step here is per token, so nothing of theirs reaches a visible token), cls prepended,
+        positions added."""
+        x, grid = local.x, local.grid or tuple(self.grid)
         if mask is not None:
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"mask shape {tuple(mask.shape)} does not match the patch grid {tuple(x.shape[:2])}")
-            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)  # (B, N, D)
+            fill = x.new_zeros(()) if drop_masked else self.mask_token.to(x.dtype)
+            x = torch.where(mask.unsqueeze(-1), fill, x)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (B, T, D)
         pos = self.positions(grid)
@@ -125,3 +133,10 @@ class ImageAdapter(nn.Module):
             x = x + pos
         bias = self.rel_pos() if self.rel_pos is not None else None
         return Tokens(x=x, padding_mask=None, attn_bias=bias)
+
+    def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
+        """inputs: (B, C, H, W) with H, W multiples of the patch size (the configured ``image_size`` or any other:
+        absolute positions follow the grid, see :meth:`positions`); mask: (B, N) bool, True = replace the patch by
+        the mask token. Returns Tokens(x (B, T, D), attn_bias (1, heads, T, T) | None), T = N + prefix.
+        = ``embed_features(local(inputs), mask)``."""
+        return self.embed_features(self.local(inputs, padding_mask), mask)

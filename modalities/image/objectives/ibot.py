@@ -11,8 +11,8 @@ loss = cls_weight * mean over (teacher view q, student view v != q) of CE(teache
 Ref: bytedance/ibot main_ibot.py (``iBOTLoss``, schedules), models/head.py@da316d82
 (../shared/reference/masked-image-modeling.md §1.5). The multi-view data come from :mod:`modalities.image.data.views`.
 
-Not implemented from the reference: the cosine weight-decay schedule (0.04 -> 0.4; the optimizer here has a constant
-weight decay) and per-parameter gradient clipping (a global clip is used).
+The reference's cosine weight-decay schedule (0.04 -> 0.4) and per-parameter gradient clipping (3.0) are engine
+settings (``optim.weight_decay_end``, ``optim.clip_mode: per_param``), set in the paper-scale recipes.
 
 Collapse watch: the entropy of the batch-mean teacher and student cls distributions is logged (it drops towards 0 when
 every image maps to the same prototype) along with the mean per-image entropies; ``min_entropy`` is a floor on the

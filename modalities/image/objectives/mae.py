@@ -10,7 +10,10 @@ Ref: facebookresearch/mae ``models_mae.py``@efb2a806 (``forward_encoder``, ``for
 spec in masked-image-modeling.md §1.1. Parity with ``transformers.ViTMAEForPreTraining`` is tested through
 :mod:`modalities.image.interop.convert_mae`.
 
-Not reproduced: MAE initialises every Linear and the patch projection xavier-uniform; here the encoder and decoder
+Not reproduced: MAE decays the cls and mask tokens (timm ``add_weight_decay`` skips only 1-D parameters, and the
+tokens are (1, 1, D)); the optimizer here keeps tokens and position tables out of weight decay for every objective
+(:func:`unimim.train.optim.no_decay`, as BEiT's and data2vec's ``no_weight_decay``), a deliberate choice. MAE
+initialises every Linear and the patch projection xavier-uniform; here the encoder and decoder
 blocks keep the encoder's truncated-normal (std 0.02) init (the decoder's input and output maps are xavier).
 """
 
@@ -27,9 +30,9 @@ from modalities.image.model.mae_decoder import MAEDecoder, MAEDecoderConfig
 from modalities.image.model.patches import denormalize_patches, normalize_patches, patchify, unpatchify
 from unimim.core.batch import Batch
 from unimim.core.collapse import channel_std
-from unimim.core.masking import MaskInfo, prepend_unmasked
+from unimim.core.masking import MaskInfo
 from unimim.nn.encoder import TransformerEncoder
-from unimim.objectives.base import Objective, ObjectiveOutput
+from unimim.objectives.base import Objective, ObjectiveOutput, embed_visible
 
 
 @dataclass
@@ -64,14 +67,13 @@ class MAE(Objective):
     def predict(self, inputs: Tensor, mask: Tensor) -> Tensor:
         """inputs (B, C, S, S), mask (B, N) bool with the same count in every row -> predictions (B, N, p*p*C)
         (in per-patch normalised units when ``norm_pix_loss``)."""
-        p = self.num_prefix_tokens
-        tokens = self.adapter.embed(inputs)  # positions are added before the masked patches are dropped
-        info = MaskInfo.from_mask(mask)
-        keep = MaskInfo.from_mask(prepend_unmasked(mask, p)).ids_keep  # (B, P + K), prefix first
-        if keep is None:
-            raise ValueError("MAE needs the same number of masked patches in every image (masking.kind: random)")
-        h = self.encoder(tokens.select(keep)).x  # (B, P + K, D): the encoder never sees a masked patch
-        return self.decoder(h, info.ids_restore)  # (B, N, p*p*C)
+        h = self.encode_visible(inputs, mask)  # (B, P + K, D): the encoder never sees a masked patch
+        return self.decoder(h, MaskInfo.from_mask(mask).ids_restore)  # (B, N, p*p*C)
+
+    def encode_visible(self, inputs: Tensor, mask: Tensor) -> Tensor:
+        """The encoder on the visible patches only: (B, C, S, S), (B, N) -> (B, P + K, D), prefix tokens first;
+        positions are added before the masked patches are dropped, and nothing of theirs reaches it."""
+        return self.encoder(embed_visible(self.adapter, self.adapter.local(inputs), mask)).x
 
     def targets(self, inputs: Tensor) -> Tensor:
         """Pixel targets (B, N, p*p*C), float32, per-patch normalised when ``norm_pix_loss``."""

@@ -1,7 +1,8 @@
 """Speech adapter: raw 16 kHz waveform -> frame tokens for the transformer (wav2vec 2.0 / data2vec speech layout).
 
-waveform (B, S) -> conv feature encoder (B, C, N) -> LayerNorm(C) -> Linear(C, D) -> learned mask embedding at
-masked frames -> padded frames zeroed -> + convolutional positions -> LayerNorm(D) -> Tokens (B, N, D).
+waveform (B, S) -> conv feature encoder (B, C, N) -> LayerNorm(C) -> Linear(C, D)       (``local``: once per example)
+-> learned mask embedding at masked frames (zeros when the student drops them) -> padded frames zeroed
+-> + convolutional positions -> LayerNorm(D) -> Tokens (B, N, D)                       (``embed_features``).
 
 The last LayerNorm is the one the post-LN data2vec speech encoder applies before its first block (fairseq
 ``encoder.layer_norm``, HF ``encoder.layer_norm``); it lives here so that the core encoder stays a plain stack of
@@ -75,10 +76,10 @@ class SpeechAdapter(nn.Module):
         feats = self.feature_encoder(inputs).transpose(1, 2)  # (B, C, N) -> (B, N, C)
         return self.projection(self.feature_norm(feats))  # (B, N, D)
 
-    def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
-        """inputs: (B, S) float waveforms; mask: (B, N) bool, True = frame replaced by the mask embedding;
-        padding_mask: (B, S) bool, True = padded sample (right padding). Returns Tokens(x (B, N, D),
-        padding_mask (B, N) | None)."""
+    def local(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tokens:
+        """The local encoder (conv feature encoder, norm, projection), run once per example: inputs (B, S) float
+        waveforms, padding_mask (B, S) bool (True = padded sample, right padding) -> Tokens(x (B, N, D), frame
+        padding mask (B, N) | None). Each frame sees only its own receptive field of the waveform."""
         if padding_mask is not None and padding_mask.shape != inputs.shape:
             raise ValueError(f"padding_mask {tuple(padding_mask.shape)} must match the waveforms "
                              f"{tuple(inputs.shape)}")
@@ -86,12 +87,28 @@ class SpeechAdapter(nn.Module):
         pad = None
         if padding_mask is not None:
             pad = frame_padding_mask(padding_mask, x.shape[1], self.cfg.conv_layers)  # (B, S) -> (B, N)
+        return Tokens(x=x, padding_mask=pad)
+
+    def embed_features(self, local: Tokens, mask: Tensor | None = None, *, drop_masked: bool = False) -> Tokens:
+        """Local features (B, N, D) -> Tokens for the encoder: masked frames replaced by the mask embedding, or,
+        with ``drop_masked`` (the student will see only the visible frames), zeroed *before* the positional conv,
+        so that no visible frame carries the content of a masked one (the reference's ``encoder_zero_mask``,
+        fairseq examples/data2vec/models/modalities/base.py ``apply_mask`` before ``relative_positional_encoder``);
+        padded frames zeroed; + positional conv; LayerNorm."""
+        x, pad = local.x, local.padding_mask
         if mask is not None:
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"mask shape {tuple(mask.shape)} does not match the {tuple(x.shape[:2])} frames of "
                                  "the waveforms")
-            x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)  # (B, N, D)
+            fill = x.new_zeros(()) if drop_masked else self.mask_emb.to(x.dtype)
+            x = torch.where(mask.unsqueeze(-1), fill, x)  # (B, N, D)
         if pad is not None:
             x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # padded frames do not leak into the positional conv
         x = self.norm(x + self.pos_conv(x))
         return Tokens(x=x, padding_mask=pad)
+
+    def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
+        """inputs: (B, S) float waveforms; mask: (B, N) bool, True = frame replaced by the mask embedding;
+        padding_mask: (B, S) bool, True = padded sample (right padding). Returns Tokens(x (B, N, D),
+        padding_mask (B, N) | None). = ``embed_features(local(inputs, padding_mask), mask)``."""
+        return self.embed_features(self.local(inputs, padding_mask), mask)

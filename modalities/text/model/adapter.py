@@ -65,9 +65,9 @@ class TextAdapter(nn.Module):
             table = sincos_1d(dim, torch.arange(cfg.max_positions)) * (EMBED_STD * 2**0.5)  # (T_max, D)
             self.register_buffer("pos_embed", table, persistent=False)
 
-    def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
-        """inputs: (B, T) ids; mask: (B, T) bool, True = replace the id by ``<mask>``; padding_mask: (B, T) bool,
-        True = padding (derived from ``<pad>`` ids when not given). Returns Tokens with x (B, T, D)."""
+    def local(self, inputs: Tensor, padding_mask: Tensor | None = None) -> Tokens:
+        """The local encoder (token embedding), run once per example: inputs (B, T) ids, padding_mask (B, T) bool
+        (True = padding; derived from ``<pad>`` ids when not given) -> Tokens(x (B, T, D), padding_mask)."""
         if inputs.dim() != 2 or inputs.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"text inputs must be (B, T) integer token ids, got {tuple(inputs.shape)} {inputs.dtype}")
         T = inputs.shape[1]
@@ -76,14 +76,27 @@ class TextAdapter(nn.Module):
         if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.cfg.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}) (adapter.vocab_size); "
                              f"got [{int(inputs.min())}, {int(inputs.max())}]")
-        if mask is not None:
-            if mask.shape != inputs.shape:
-                raise ValueError(f"mask shape {tuple(mask.shape)} differs from inputs {tuple(inputs.shape)}")
-            inputs = inputs.masked_fill(mask, MASK_ID)  # (B, T)
         if padding_mask is None:
             pad = inputs.eq(PAD_ID)
             padding_mask = pad if bool(pad.any()) else None
-        x = self.tokens(inputs)  # (B, T, D)
+        return Tokens(x=self.tokens(inputs), padding_mask=padding_mask)  # (B, T, D)
+
+    def embed_features(self, local: Tokens, mask: Tensor | None = None, *, drop_masked: bool = False) -> Tokens:
+        """Token embeddings (B, T, D) -> Tokens for the encoder: masked tokens become ``<mask>`` (zeroed with
+        ``drop_masked``: the student drops them; every later step here is per token), + positions, LayerNorm,
+        dropout."""
+        x = local.x
+        if mask is not None:
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"mask shape {tuple(mask.shape)} differs from inputs {tuple(x.shape[:2])}")
+            fill = x.new_zeros(()) if drop_masked else self.tokens.weight[MASK_ID].to(x.dtype)
+            x = torch.where(mask.unsqueeze(-1), fill, x)  # (B, T, D)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[:T]
-        return Tokens(x=self.drop(self.norm(x)), padding_mask=padding_mask)
+            x = x + self.pos_embed[: x.shape[1]]
+        return Tokens(x=self.drop(self.norm(x)), padding_mask=local.padding_mask)
+
+    def embed(self, inputs: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> Tokens:
+        """inputs: (B, T) ids; mask: (B, T) bool, True = replace the id by ``<mask>``; padding_mask: (B, T) bool,
+        True = padding (derived from ``<pad>`` ids when not given). Returns Tokens with x (B, T, D).
+        = ``embed_features(local(inputs, padding_mask), mask)``."""
+        return self.embed_features(self.local(inputs, padding_mask), mask)

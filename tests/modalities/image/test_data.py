@@ -313,3 +313,26 @@ def test_skipped_count_depends_on_the_files_not_the_workers(tmp_path: Path) -> N
         return sum(next(it).skipped for _ in range(21 // batch_size))  # three epochs
 
     assert total(0, 7) == total(2, 7) == total(2, 1) == 3 * 2
+
+
+def test_color_jitter_is_beits_before_the_crop() -> None:
+    """``color_jitter: 0.4`` = torchvision's ColorJitter(0.4, 0.4, 0.4) then the usual crop, flip and normalisation
+    (BEiT / data2vec_vision ``DataAugmentationForBEiT``), on the same random draws; 0 leaves the pipeline as it was."""
+    import torchvision.transforms as T
+
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    cfg = ImageDataConfig(source="synthetic", channels=3, image_size=24, color_jitter=0.4, crop_scale=(0.2, 1.0))
+    mean, std = cfg.channel_stats()
+    peer = T.Compose([T.ColorJitter(0.4, 0.4, 0.4),
+                      T.RandomResizedCrop(24, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    ours, plain = pretrain_transform(cfg), pretrain_transform(ImageDataConfig(**{**cfg.__dict__, "color_jitter": 0.0}))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a = ours(big)
+        torch.manual_seed(seed)
+        assert torch.equal(a, peer(big))
+        torch.manual_seed(seed)
+        assert not torch.equal(a, plain(big))  # the jitter changes the view
+    with pytest.raises(ValueError, match="color_jitter"):
+        ImageDataConfig(color_jitter=-0.1)

@@ -58,7 +58,17 @@ def test_teacher_sees_clean_full_input_student_sees_corrupted(tmp_path):
         module.embed = embed
 
     spy("teacher", objective.teacher.module["adapter"])
-    spy("student", objective.adapter)
+    student_adapter = objective.adapter  # the student runs its local encoder, then embeds the features
+    real_local, real_features = student_adapter.local, student_adapter.embed_features
+
+    def local(inputs, padding_mask=None):
+        seen["student"] = (inputs.clone(), None)
+        return real_local(inputs, padding_mask)
+
+    def embed_features(features, mask=None, drop_masked=False):
+        seen["student"] = (seen["student"][0], mask)
+        return real_features(features, mask, drop_masked=drop_masked)
+    student_adapter.local, student_adapter.embed_features = local, embed_features
     out = objective(batch)
     teacher_ids, teacher_mask = seen["teacher"]
     assert torch.equal(teacher_ids, inputs) and teacher_mask is None  # every token, uncorrupted
