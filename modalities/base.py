@@ -8,7 +8,7 @@ arrive in the :class:`~unimim.core.batch.Batch`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,4 +152,4 @@ def all_checks(*checks: Callable[[Any], None] | None) -> Callable[[Any], None]:
 
 
 __all__ = ["Adapter", "ModalitySpec", "ObjectiveSpec", "Tokens", "all_checks", "build_vit", "one_mask_per_example",
-           "require", "vit_objective", "Sequence"]
+           "require", "vit_objective"]

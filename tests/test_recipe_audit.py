@@ -59,6 +59,8 @@ AUDIT: dict[str, list[tuple]] = {
         ("encoder.depth", 12, f"{D2V} §4.2 image: depth 10 + prenet 2",
          12, "the 2 prenet blocks are the first 2 of 12 ordinary blocks (Data2Vec2 docstring: equivalent here)"),
         ("adapter.positions", "sincos", f"{D2V} §4.2 image misc"),
+        ("adapter.input_norm", True, f"{FAIRSEQ_V2} image modality encoder: LayerNorm before the post-LN blocks"),
+        ("adapter.cls_init_std", 1.0, f"{D2V} §4.2 image misc: cls token init normal"),
         ("method.top_k", 10, f"{D2V} §4.2 image K"),
         ("method.target_source", "ffn", f"{D2V} §4.1 (6)"),
         ("method.layer_norm", "instance", f"{D2V} §4.2 image target norm"),

@@ -20,12 +20,14 @@ Differences from the reference, deliberate or not yet done:
   of all blocks here, the same layers while K <= the shared depth (image base K = 10 of 10); the teacher averages
   both (image ``ema_local_encoder``). What differs: the reference can give the prenet its own drop-path range and
   layerdrop (the image base uses neither) and share the shared blocks across modalities (not supported here).
-* ALiBi (speech base: ``use_alibi_encoder`` with a learned per-head scale) is not implemented: the speech recipes
-  take positions from the conv positional encoder alone.
-* Post-LN image input: the reference's modality encoder applies a LayerNorm to cls + patches + positions before
-  the first post-LN block and draws the cls token from N(0, 1); the image adapter feeds the first block
-  unnormalised input and draws cls from N(0, 0.02^2) (speech and text do normalise: their adapters end in a
-  LayerNorm). Not done yet.
+* ALiBi (speech base: ``use_alibi_encoder`` with a learned per-head scale) is not implemented, because no recipe
+  here would use it: it belongs to the reference's 2.0 speech base config, which has no paper-scale recipe in
+  ``recipes/speech/`` yet; the 2.0 CPU speech recipe takes its positions from the conv positional encoder alone.
+  It comes with that recipe.
+
+The post-LN image input matches the reference: the image modality encoder's LayerNorm over cls + patches +
+positions before the first block and its N(0, 1) cls token are ``adapter.input_norm`` and ``adapter.cls_init_std``
+(set in ``recipes/image/data2vec2_vitb16_in1k.yaml``; speech and text adapters end in a LayerNorm already).
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ class ImageAdapterConfig:
     in_chans: int = 3            # 3 RGB, 1 grayscale
     positions: Literal["learned", "sincos", "relative"] = "learned"
     cls_token: bool = True       # prepend a learned cls token (never masked)
+    cls_init_std: float | None = None  # None: ViT's truncated normal (std 0.02); a number: N(0, std^2) (2.0 image: 1)
+    input_norm: bool = False     # LayerNorm over cls + patches + positions before the first block (data2vec 2.0
+                                 # image: its post-LN encoder would otherwise see unnormalised input)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "in_chans"):
@@ -35,6 +38,8 @@ class ImageAdapterConfig:
             raise ValueError(
                 f"adapter.image_size={self.image_size} is not divisible by adapter.patch_size={self.patch_size}"
             )
+        if self.cls_init_std is not None and not self.cls_init_std > 0:
+            raise ValueError(f"adapter.cls_init_std must be > 0 or null, got {self.cls_init_std}")
         if self.positions == "relative" and not self.cls_token:
             raise ValueError("adapter.positions='relative' uses the BEiT table layout, which needs cls_token: true")
 
@@ -47,7 +52,7 @@ class ImageAdapterConfig:
 class ImageAdapter(nn.Module):
     """(B, C, S, S) images -> Tokens with x (B, 1 + N, D), N = (S / patch)^2."""
 
-    def __init__(self, cfg: ImageAdapterConfig, *, dim: int, num_heads: int) -> None:
+    def __init__(self, cfg: ImageAdapterConfig, *, dim: int, num_heads: int, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.cfg = cfg
         self.grid = cfg.grid
@@ -58,6 +63,7 @@ class ImageAdapter(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.cls_token else None
         self.pos_embed: nn.Parameter | None = None
         self.rel_pos: RelativePositionBias | None = None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if cfg.input_norm else None
         num_tokens = self.num_patches + self.num_prefix_tokens
         if cfg.positions == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
@@ -75,7 +81,10 @@ class ImageAdapter(nn.Module):
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            if cfg.cls_init_std is None:
+                nn.init.trunc_normal_(self.cls_token, std=0.02)
+            else:  # fairseq data2vec 2.0 ``extra_tokens``: nn.init.normal_
+                nn.init.normal_(self.cls_token, std=cfg.cls_init_std)
 
     def positions(self, grid: tuple[int, int]) -> Tensor | None:
         """Absolute positions for a patch ``grid`` (1, P + h*w, D), or ``None`` (relative bias). At the adapter's own
@@ -131,6 +140,8 @@ class ImageAdapter(nn.Module):
         pos = self.positions(grid)
         if pos is not None:
             x = x + pos
+        if self.norm is not None:  # per token: a dropped (masked) token still reaches no visible one
+            x = self.norm(x)
         bias = self.rel_pos() if self.rel_pos is not None else None
         return Tokens(x=x, padding_mask=None, attn_bias=bias)
 

@@ -73,3 +73,22 @@ def test_without_cls_token():
     assert a.embed(torch.randn(2, 1, 8, 8)).x.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="needs cls_token"):
         ImageAdapterConfig(image_size=8, patch_size=4, positions="relative", cls_token=False)
+
+
+def test_input_norm_is_a_layer_norm_over_cls_patches_and_positions():
+    """data2vec 2.0 image: LayerNorm(cls + patches + positions) before the first post-LN block, cls ~ N(0, 1)."""
+    torch.manual_seed(0)
+    cfg = ImageAdapterConfig(image_size=8, patch_size=4, in_chans=1, positions="sincos")
+    plain = ImageAdapter(cfg, dim=64, num_heads=2)
+    normed = ImageAdapter(ImageAdapterConfig(**{**vars(cfg), "input_norm": True}), dim=64, num_heads=2, norm_eps=1e-6)
+    normed.load_state_dict(plain.state_dict(), strict=False)  # the same patch embedding, cls and mask token
+    x = torch.randn(3, 1, 8, 8)
+    mask = torch.tensor([[True, False, False, True]] * 3)
+    with torch.no_grad():
+        expected = torch.nn.functional.layer_norm(plain.embed(x, mask=mask).x, (64,), eps=1e-6)
+        torch.testing.assert_close(normed.embed(x, mask=mask).x, expected)
+    big = ImageAdapter(ImageAdapterConfig(**{**vars(cfg), "cls_init_std": 1.0}), dim=4096, num_heads=2)
+    assert abs(float(big.cls_token.std()) - 1.0) < 0.05 and float(big.cls_token.abs().max()) > 2.5  # not truncated
+    assert abs(float(plain.cls_token.std()) - 0.02) < 0.006  # ViT's default: trunc_normal_(std=0.02)
+    with pytest.raises(ValueError, match="cls_init_std"):
+        ImageAdapterConfig(cls_init_std=0.0)
