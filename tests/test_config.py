@@ -104,3 +104,10 @@ def test_values_out_of_range_are_config_errors_naming_the_key(override, message)
     extra = {"optim.lr": ["optim.base_lr=null"], "optim.base_lr": ["optim.lr=null"]}.get(override.split("=")[0], [])
     with pytest.raises(ConfigError, match=message):
         load_recipe(IMAGE_RECIPE, [override, *extra])
+
+
+def test_a_config_from_before_the_data2vec_split_is_one_clear_line():
+    from unimim.app.experiment import config_from_dict
+
+    with pytest.raises(ConfigError, match="objective: data2vec2"):
+        config_from_dict({"modality": "image", "objective": "data2vec", "method": {"mode": "v2"}})
