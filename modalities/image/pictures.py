@@ -106,7 +106,7 @@ def save_png(image: Image.Image, path: Path) -> None:
             os.unlink(tmp)
 
 
-def test_images(cfg: Any, *, images: Sequence[str] = (), num: int = 8) -> Tensor:
+def pick_images(cfg: Any, *, images: Sequence[str] = (), num: int = 8) -> Tensor:
     """``images`` (files) or the first ``num`` test images of an image experiment config: (B, C, S, S)."""
     from modalities.image.data.source import build_eval_sets
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from modalities.image.pictures import reconstruction_picture, save_png, test_images
+from modalities.image.pictures import reconstruction_picture, save_png, pick_images
 from unimim.app.probe import load_pretrained, load_run_config
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def reconstruct_run(
     if cfg.modality != "image" or cfg.objective not in ("mae", "simmim"):
         raise ValueError(f"run {run_dir} is {cfg.modality}/{cfg.objective}; pictures need an image pixel objective "
                          "(mae or simmim)")
-    batch = test_images(cfg, images=images, num=num)
+    batch = pick_images(cfg, images=images, num=num)
     model = load_pretrained(run_dir, cfg, torch.device("cpu"))
     path = Path(out) if out is not None else run_dir / "reconstruction.png"
     save_png(reconstruction_picture(model, cfg, batch, seed=seed, scale=scale), path)
