@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from modalities.image.pictures import reconstruction_picture, save_png, pick_images
+from modalities.image.pictures import pick_images, reconstruction_picture, save_png
 from unimim.app.probe import load_pretrained, load_run_config
 
 log = logging.getLogger(__name__)
