@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from unimim.eval.task import LabelledTask
 from unimim.nn.encoder import TransformerEncoder
 from unimim.nn.tokens import Tokens
 from unimim.objectives.base import Objective
@@ -67,6 +68,12 @@ class ModalitySpec:
         tiny: overrides that make any recipe of the modality a seconds-long CPU run (tests, smoke runs).
         tiny_data(directory) -> overrides pointing the tiny run at small data made or shipped for it (None: the
             tiny overrides need no files).
+        task_config: the dataclass behind the recipe's ``task`` section: the labelled data of fine-tuning and
+            probes (where it lies, its format, the test split, training-time augmentation).
+        build_task(task_cfg, cfg, train_augment) -> a :class:`~unimim.eval.task.LabelledTask`; ``cfg`` is the
+            whole experiment config (data and adapter settings), ``train_augment`` False for probes (the
+            deterministic eval transform on both splits). A split that does not exist is a clear error naming
+            what was found, never a fallback.
     """
 
     adapter_config: type
@@ -80,6 +87,8 @@ class ModalitySpec:
     bind_run_dir: Callable[[Any, Path], None] | None = None
     tiny: tuple[str, ...] = ()
     tiny_data: Callable[[Path], list[str]] | None = None
+    task_config: type | None = None
+    build_task: Callable[[Any, Any, bool], LabelledTask] | None = None
 
 
 def build_vit(cfg: Any, modality: ModalitySpec) -> tuple[nn.Module, TransformerEncoder]:

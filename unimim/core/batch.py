@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+LABEL_PAD = -100  # padding of (B, S) label sequences (the ignore_index of torch's cross-entropy)
+
 
 @dataclass
 class Views:
@@ -48,6 +50,9 @@ class Batch:
         student_inputs: (B, R, N) the input corrupted by the masking itself (BERT's 80/10/10 on token ids), one per
             mask, or ``None``; the teacher always sees the clean ``inputs``.
         views: multi-view examples (:class:`Views`), or ``None``.
+        labels: supervised targets of a labelled task (fine-tuning, probes), or ``None`` in pretraining: (B,) int64
+            class ids (classification), or (B, S) int64 target ids right-padded with ``LABEL_PAD`` (CTC; the target
+            lengths are ``(labels != LABEL_PAD).sum(-1)``).
         skipped: examples of this batch whose own input was unreadable and was replaced by the next readable one
             (counted in the metrics). A function of the data alone: one per bad input and epoch, whatever the
             number of DataLoader workers.
@@ -58,6 +63,7 @@ class Batch:
     padding_mask: Tensor | None = None
     student_inputs: Tensor | None = None
     views: Views | None = None
+    labels: Tensor | None = None
     skipped: int = 0
 
     def __post_init__(self) -> None:
