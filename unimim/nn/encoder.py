@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from unimim.nn.block import Block
+from unimim.nn.encoder_output import EncoderOutput
 from unimim.nn.tokens import Tokens
 
 
@@ -61,16 +62,6 @@ class EncoderConfig:
         elif self.timm_model is not None or self.timm_kwargs or self.timm_size != "model":
             raise ValueError("encoder.timm_model / timm_kwargs / timm_size apply to encoder.backend: timm "
                              f"(backend is {self.backend!r})")
-
-
-@dataclass
-class EncoderOutput:
-    """x: (B, T, D) last layer (after the final norm, if any); layers / ffn: L tensors (B, T, D) each,
-    the block outputs and the FFN outputs before the residual."""
-
-    x: Tensor
-    layers: list[Tensor]
-    ffn: list[Tensor]
 
 
 def build_encoder(cfg: EncoderConfig) -> nn.Module:

@@ -8,6 +8,9 @@ timm's ``forward_features`` runs after the embedding: ``norm_pre`` -> ``blocks``
 bias, passed to timm's attention as its additive mask) and mask token take their place, so that nothing sits
 unused in the optimizer or the teacher. Register tokens, part of timm's embedding, are refused.
 
+The settings are those of :class:`~unimim.nn.encoder.EncoderConfig` (``cfg`` below), whose ``__post_init__`` calls
+:func:`check_timm_config`; this module does not import it, so that ``unimim.nn.encoder`` can dispatch to it.
+
 The parameter names are those of :class:`~unimim.nn.encoder.TransformerEncoder` (``blocks.{i}.norm1``,
 ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``ls1.gamma``, ``ls2.gamma``, ``norm``): where the
 architectures agree (pre-LN ViT, exact GELU, no q/k norm) a state dict of one loads into the other, and both
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from unimim.nn.attention import CPU_MATH_MAX_TOKENS
-from unimim.nn.encoder import EncoderConfig, EncoderOutput
+from unimim.nn.encoder_output import EncoderOutput
 from unimim.nn.tokens import Tokens
 
 # timm_kwargs that the encoder config owns, or that act on parts of the timm model that are dropped
@@ -61,7 +65,7 @@ _RESERVED = {
 _SIZE = {"embed_dim": "dim", "depth": "depth", "num_heads": "num_heads"}  # timm argument -> encoder field
 
 
-def create_timm_vit(cfg: EncoderConfig, device: str | torch.device | None = None) -> nn.Module:
+def create_timm_vit(cfg: Any, device: str | torch.device | None = None) -> nn.Module:
     """``timm.create_model(cfg.timm_model, pretrained=False, ...)`` with the encoder's regularisation (and, with
     ``timm_size: encoder``, its size), on ``device`` (``"meta"``: no memory, for checks). Bad names and arguments
     are a one-line ValueError."""
@@ -92,7 +96,7 @@ def create_timm_vit(cfg: EncoderConfig, device: str | torch.device | None = None
                          f"{cfg.timm_kwargs}: {type(e).__name__}: {e}") from None
 
 
-def check_timm_model(model: nn.Module, cfg: EncoderConfig) -> None:
+def check_timm_model(model: nn.Module, cfg: Any) -> None:
     """ValueError naming every encoder setting that does not describe ``model`` (built by :func:`create_timm_vit`),
     or the part of it this backend cannot run exactly."""
     from timm.layers import Attention, LayerScale, Mlp
@@ -156,7 +160,7 @@ def check_timm_model(model: nn.Module, cfg: EncoderConfig) -> None:
         raise ValueError(f"encoder.backend: timm ({name}): " + "; ".join(wrong) + f"; {how}")
 
 
-def check_timm_config(cfg: EncoderConfig) -> None:
+def check_timm_config(cfg: Any) -> None:
     """The config-load check of ``encoder.backend: timm``: the model is built on the ``meta`` device (no memory, no
     weights) and compared with the encoder settings (:func:`check_timm_model`)."""
     check_timm_model(create_timm_vit(cfg, device="meta"), cfg)
@@ -193,7 +197,7 @@ class TimmEncoder(nn.Module):
     additive bias become timm's attention mask; drop path and dropout are timm's, at the encoder config's rates;
     ``grad_checkpointing`` recomputes each block in the backward pass."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
         model = create_timm_vit(cfg)
