@@ -130,22 +130,25 @@ def check_timm_model(model: nn.Module, cfg: Any) -> None:
     ):
         if ours != theirs:
             wrong.append(f"encoder.{field}={ours} but the timm model has {what}={theirs}")
+    size_wrong = bool(wrong)
     if int(block.attn.attn_dim) != width:
         wrong.append(f"the timm model's attention width {block.attn.attn_dim} differs from its width {width} "
                      "(attn_head_dim); unimim's encoder has heads x head width = dim")
     if int(width * cfg.mlp_ratio) != hidden:
         wrong.append(f"encoder.mlp_ratio={cfg.mlp_ratio} but the timm model's MLP is {hidden} wide "
-                     f"(mlp_ratio={hidden / width:g})")
+                     f"(mlp_ratio={hidden / width:g}; timm_kwargs.mlp_ratio sets timm's)")
     if cfg.qkv_bias not in (True, False) or cfg.qkv_bias != (block.attn.qkv.bias is not None):
         wrong.append(f"encoder.qkv_bias={cfg.qkv_bias!r} but the timm model has qkv_bias="
-                     f"{block.attn.qkv.bias is not None} (timm's Attention has no q/v-only bias)")
+                     f"{block.attn.qkv.bias is not None} (timm_kwargs.qkv_bias; timm's Attention has no q/v-only bias)")
     if not cfg.norm_first:
         wrong.append("encoder.norm_first=false but timm's Block is pre-LN")
     if cfg.final_norm != (not isinstance(model.norm, nn.Identity)):
         wrong.append(f"encoder.final_norm={cfg.final_norm} but the timm model "
-                     f"{'has no' if isinstance(model.norm, nn.Identity) else 'has a'} final norm")
+                     f"{'has no' if isinstance(model.norm, nn.Identity) else 'has a'} final norm "
+                     "(timm_kwargs.global_pool: avg moves it to the head)")
     if cfg.layer_scale_init != ls:
-        wrong.append(f"encoder.layer_scale_init={cfg.layer_scale_init} but the timm model has init_values={ls}")
+        wrong.append(f"encoder.layer_scale_init={cfg.layer_scale_init} but the timm model has init_values={ls} "
+                     "(timm_kwargs.init_values sets timm's layer scale)")
     if eps is not None and abs(cfg.norm_eps - eps) > 1e-12:
         wrong.append(f"encoder.norm_eps={cfg.norm_eps} but the timm model's norms have eps={eps}")
     if cfg.init_std != 0.02:
@@ -155,8 +158,9 @@ def check_timm_model(model: nn.Module, cfg: Any) -> None:
         wrong.append(f"encoder.act_dropout={cfg.act_dropout}: timm's Mlp drops after its activation with "
                      f"encoder.dropout={cfg.dropout}; leave act_dropout null")
     if wrong:
-        how = ("set them to the timm model's values (or encoder.timm_size: encoder to size the timm model from "
-               "encoder.dim / depth / num_heads)")
+        how = "make the encoder settings and timm's agree"
+        if size_wrong and cfg.timm_size == "model":
+            how += " (or encoder.timm_size: encoder to size the timm model from encoder.dim / depth / num_heads)"
         raise ValueError(f"encoder.backend: timm ({name}): " + "; ".join(wrong) + f"; {how}")
 
 
