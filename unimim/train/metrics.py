@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ _INSTALL = {"tensorboard": ("tensorboard", "pip install 'unimim[tensorboard]'"),
 
 
 def _installed(module: str) -> bool:
+    if module in sys.modules:  # imported already (or blocked: None)
+        return sys.modules[module] is not None
     return importlib.util.find_spec(module) is not None
 
 
