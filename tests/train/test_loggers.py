@@ -135,8 +135,8 @@ def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_one_starts_another(tm
 
 
 def test_a_training_run_logs_every_metric_line_to_wandb(tmp_path, fake_wandb):
-    overrides = tiny_overrides("image", "data2vec", tmp_path) + [f"train.out_dir={tmp_path}", "name=wb",
-                                                                 "train.loggers=[jsonl, wandb]", "train.wandb_project=p"]
+    overrides = [*tiny_overrides("image", "data2vec", tmp_path), f"train.out_dir={tmp_path}", "name=wb",
+                 "train.loggers=[jsonl, wandb]", "train.wandb_project=p"]
     result = pretrain(load_recipe(RECIPE, overrides), progress=False)
     (run,) = fake_wandb.runs
     assert run.finished == 1
