@@ -30,6 +30,8 @@ assert root.parts[-2:] == ("unimim", "recipes") and "site-packages" in root.part
 cfg = load_recipe("image/mae_fmnist_cpu", ["encoder.dim=32", "encoder.depth=1", "encoder.num_heads=2"])
 assert cfg.data.root == "/usr/share/datasets/fashion-mnist"  # merged from its base, image/_base/fmnist_cpu.yaml
 model = build_objective(cfg)
+wave = torchaudio.transforms.Resample(22050, 16000)(torch.zeros(1, 22050))  # torchaudio's library loads and runs
+assert wave.shape == (1, 16000), wave.shape
 print("torch", torch.__version__, "torchaudio", torchaudio.__version__, "torchvision", torchvision.__version__)
 n_params = sum(p.numel() for p in model.parameters())
 print("unimim", md.version("unimim"), "objectives", len(OBJECTIVES), "params", n_params)
