@@ -6,7 +6,10 @@ import yaml
 from unimim.app.experiment import config_from_dict, load_recipe
 from unimim.config import ConfigError, to_dict
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml"))
+# every shipped recipe; the bases they extend (image/_base/) are partial, loaded through them
+_ROOT = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(p for p in _ROOT.rglob("*.yaml")
+                 if not any(part.startswith("_") for part in p.relative_to(_ROOT).parts))
 IMAGE_RECIPE = Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml"
 
 

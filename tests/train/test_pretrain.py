@@ -18,7 +18,8 @@ from unimim.train.loop import NonFiniteLossError
 from unimim.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted(ROOT.joinpath("recipes").rglob("*.yaml"))
+RECIPES = sorted(p for p in ROOT.joinpath("recipes").rglob("*.yaml")  # the bases of recipes (image/_base/) are
+                 if not any(part.startswith("_") for part in p.relative_to(ROOT).parts))  # run through them
 
 
 def tiny(recipe: Path, tmp_path: Path, *extra: str):
