@@ -1,0 +1,149 @@
+"""What an image backbone exports as: the transformers class, its config and state dict, or the timm model.
+
+``hf_export`` picks the class (``ViTModel`` for plain ViTs, ``Data2VecVisionModel`` / ``BeitModel`` for BEiT-style
+encoders with relative position bias or layer scale, ``ViTMAEForPreTraining`` for MAE with its decoder) and
+refuses, naming the setting, what a class cannot represent. ``timm_export`` gives timm's ``VisionTransformer`` or,
+for SimMIM's Swin backbone, timm's ``SwinTransformer`` (:mod:`modalities.image.model.swin` wraps one). Fixed
+sin-cos positions are exported as the learned table that reproduces them (:func:`materialise_positions`).
+Nothing here imports ``transformers``: the caller builds the model from ``(class name, config kwargs)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from modalities.image.interop.convert_hf import to_hf_data2vec_vision
+from modalities.image.interop.convert_hf_vit import materialise_positions, to_hf_vit_layout, to_hf_vit_mae
+
+VIT, D2V, BEIT, MAE = "ViTModel", "Data2VecVisionModel", "BeitModel", "ViTMAEForPreTraining"
+HF_CLASSES = (VIT, D2V, BEIT, MAE)
+_CONFIGS = {VIT: "ViTConfig", D2V: "Data2VecVisionConfig", BEIT: "BeitConfig", MAE: "ViTMAEConfig"}
+
+
+def _refuse(what: str, setting: str, hint: str = "") -> None:
+    raise ValueError(f"{setting} has no {what} equivalent{': ' + hint if hint else ''}")
+
+
+def default_hf_class(cfg: Any) -> str:
+    """The class a run exports as unless asked otherwise: BEiT-style encoders (relative position bias or layer
+    scale) as ``BeitModel`` for the BEiT objective and ``Data2VecVisionModel`` otherwise, plain ViTs as ``ViTModel``."""
+    if cfg.adapter.positions == "relative" or cfg.encoder.layer_scale_init:
+        return BEIT if cfg.objective == "beit" else D2V
+    return VIT
+
+
+def _common(cfg: Any, hf_class: str) -> dict[str, Any]:
+    """Checks every HF ViT-family class shares, and the config keywords they share."""
+    a, e = cfg.adapter, cfg.encoder
+    if not e.norm_first:
+        _refuse(hf_class, "encoder.norm_first: false (post-LN blocks)", f"{hf_class} is pre-LN")
+    if a.input_norm:
+        _refuse(hf_class, "adapter.input_norm: true (a LayerNorm over the embeddings before the first block)",
+                "export with --to timm (pre_norm)")
+    if not a.cls_token:
+        _refuse(hf_class, "adapter.cls_token: false", f"{hf_class} always has a cls token (use --to timm)")
+    return dict(image_size=a.image_size, patch_size=a.patch_size, num_channels=a.in_chans, hidden_size=e.dim,
+                num_hidden_layers=e.depth, num_attention_heads=e.num_heads, intermediate_size=int(e.dim * e.mlp_ratio),
+                hidden_act="gelu", layer_norm_eps=e.norm_eps, hidden_dropout_prob=e.dropout,
+                attention_probs_dropout_prob=e.attn_dropout, initializer_range=e.init_std)
+
+
+def hf_export(objective: nn.Module, backbone: nn.ModuleDict, cfg: Any,
+              hf_class: str | None = None) -> tuple[str, str, dict[str, Any], dict[str, Tensor]]:
+    """(class name, config class name, config kwargs, state dict) of ``backbone`` (``{"adapter", "encoder"}``, the
+    one ``encode`` uses) as a transformers model; ``ValueError`` naming the setting where the class cannot
+    represent it. ``objective`` is only read for MAE's decoder."""
+    hf_class = hf_class or default_hf_class(cfg)
+    if hf_class not in HF_CLASSES:
+        raise ValueError(f"--hf-class {hf_class!r}: an image run exports as one of {list(HF_CLASSES)}")
+    if "encoder" not in backbone:
+        _refuse(hf_class, f"method.backbone: {getattr(cfg.method, 'backbone', '?')} (a Swin backbone)",
+                "export it with --to timm")
+    kwargs = _common(cfg, hf_class)
+    e, a = cfg.encoder, cfg.adapter
+    state = materialise_positions(backbone["adapter"], dict(backbone.state_dict()))
+    if hf_class in (VIT, MAE):
+        if e.layer_scale_init:
+            _refuse(hf_class, f"encoder.layer_scale_init: {e.layer_scale_init}", f"export as {D2V} or {BEIT}")
+        if a.positions == "relative":
+            _refuse(hf_class, "adapter.positions: relative", f"export as {D2V} or {BEIT}")
+        if not e.final_norm:
+            _refuse(hf_class, "encoder.final_norm: false", f"{hf_class} always ends with a LayerNorm")
+        kwargs["qkv_bias"] = e.qkv_bias is not False
+        if hf_class == VIT:
+            return VIT, _CONFIGS[VIT], kwargs, to_hf_vit_layout(state, depth=e.depth)
+        if cfg.objective != "mae":
+            raise ValueError(f"{MAE} carries MAE's decoder; objective {cfg.objective!r} has none (export as {VIT})")
+        d = cfg.method.decoder
+        if d.norm_eps != e.norm_eps:
+            _refuse(MAE, f"method.decoder.norm_eps: {d.norm_eps} != encoder.norm_eps: {e.norm_eps}",
+                    "one layer_norm_eps serves encoder and decoder")
+        if not kwargs["qkv_bias"]:
+            _refuse(MAE, "encoder.qkv_bias: false", "its qkv_bias serves the decoder too, which has biases")
+        kwargs.update(decoder_hidden_size=d.dim, decoder_num_hidden_layers=d.depth,
+                      decoder_num_attention_heads=d.num_heads, decoder_intermediate_size=int(d.dim * d.mlp_ratio),
+                      mask_ratio=float(cfg.masking.ratio), norm_pix_loss=bool(cfg.method.norm_pix_loss))
+        full = {f"backbone.{k}": v for k, v in state.items()}
+        full.update({k: v for k, v in objective.state_dict().items() if k.startswith("decoder.")})
+        hf_state = to_hf_vit_mae(full, depth=e.depth, decoder_depth=d.depth,
+                                 decoder_pos_embed=objective.decoder.pos_table)
+        return MAE, _CONFIGS[MAE], kwargs, hf_state
+    relative = a.positions == "relative"
+    kwargs.update(use_mask_token=True, use_absolute_position_embeddings=not relative,
+                  use_shared_relative_position_bias=relative, use_relative_position_bias=False,
+                  layer_scale_init_value=float(e.layer_scale_init or 0.0), use_mean_pooling=not e.final_norm,
+                  drop_path_rate=e.drop_path)
+    if hf_class == D2V:
+        return D2V, _CONFIGS[D2V], kwargs, to_hf_data2vec_vision(state, depth=e.depth)
+    return BEIT, _CONFIGS[BEIT], kwargs, to_hf_vit_layout(state, depth=e.depth, key_bias=False, mask_token=True)
+
+
+def timm_export(backbone: nn.ModuleDict, cfg: Any) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+    """(``timm.create_model`` name, its kwargs, state dict) of ``backbone``: timm's ``VisionTransformer`` for an
+    adapter + encoder, timm's ``SwinTransformer`` for SimMIM's Swin. ``ValueError`` naming what timm cannot take."""
+    if "swin" in backbone:
+        swin = backbone["swin"]
+        s = swin.cfg
+        kwargs = dict(img_size=cfg.adapter.image_size, patch_size=cfg.adapter.patch_size,
+                      in_chans=cfg.adapter.in_chans, embed_dim=s.embed_dim, depths=list(s.depths),
+                      num_heads=list(s.num_heads), window_size=s.window_size, mlp_ratio=s.mlp_ratio, num_classes=0,
+                      drop_path_rate=s.drop_path)
+        return "swin_base_patch4_window7_224", kwargs, dict(swin.model.state_dict())
+    a, e = cfg.adapter, cfg.encoder
+    if a.positions == "relative":
+        _refuse("timm VisionTransformer", "adapter.positions: relative", "export it with --to hf")
+    if not e.norm_first:
+        _refuse("timm VisionTransformer", "encoder.norm_first: false (post-LN blocks)")
+    if e.norm_eps != 1e-6:
+        _refuse("timm VisionTransformer", f"encoder.norm_eps: {e.norm_eps}", "timm's ViT LayerNorms use eps 1e-6")
+    state = materialise_positions(backbone["adapter"], dict(backbone.state_dict()))
+    out: dict[str, Tensor] = {"pos_embed": state.pop("adapter.pos_embed")}
+    state.pop("adapter.mask_token")
+    if a.cls_token:
+        out["cls_token"] = state.pop("adapter.cls_token")
+    for p in ("weight", "bias"):
+        out[f"patch_embed.proj.{p}"] = state.pop(f"adapter.patch_embed.{p}")
+        if a.input_norm:
+            out[f"norm_pre.{p}"] = state.pop(f"adapter.norm.{p}")
+    for key in list(state):
+        if key.endswith(("attn.q_bias", "attn.v_bias")):
+            continue
+        if key.startswith("encoder."):
+            out[key[len("encoder."):]] = state.pop(key)
+    for i in range(e.depth):  # q / v-only biases: timm's fused qkv bias with a zero key part (the same function)
+        q = state.pop(f"encoder.blocks.{i}.attn.q_bias", None)
+        v = state.pop(f"encoder.blocks.{i}.attn.v_bias", None)
+        if q is not None:
+            out[f"blocks.{i}.attn.qkv.bias"] = q.new_zeros(3 * q.shape[0])
+            out[f"blocks.{i}.attn.qkv.bias"][: q.shape[0]] = q
+            out[f"blocks.{i}.attn.qkv.bias"][2 * q.shape[0]:] = v
+    if state:
+        raise ValueError(f"unimim entries with no timm VisionTransformer counterpart: {sorted(state)[:8]}")
+    kwargs = dict(img_size=a.image_size, patch_size=a.patch_size, in_chans=a.in_chans, embed_dim=e.dim,
+                  depth=e.depth, num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, qkv_bias=e.qkv_bias is not False,
+                  init_values=e.layer_scale_init, class_token=a.cls_token, global_pool="token" if a.cls_token
+                  else "avg", pre_norm=a.input_norm, final_norm=e.final_norm, fc_norm=False, num_classes=0,
+                  drop_rate=e.dropout, attn_drop_rate=e.attn_dropout, drop_path_rate=e.drop_path)
+    return "vit_base_patch16_224", kwargs, out
