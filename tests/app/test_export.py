@@ -35,6 +35,7 @@ ATOL = 1e-4
 RUNS = {  # name -> recipe; one tiny trained run per modality and objective family (and both text/image positions)
     "d2v_image": "image/data2vec_fmnist_cpu.yaml",      # relative bias + layer scale
     "d2v2_image": "image/data2vec2_fmnist_cpu.yaml",    # fixed sin-cos positions
+    "vit_variant": "image/data2vec2_fmnist_cpu.yaml",   # + VARIANT: the ViT options only timm has
     "mae": "image/mae_fmnist_cpu.yaml",
     "simmim": "image/simmim_fmnist_cpu.yaml",
     "simmim_swin": "image/simmim_swin_fmnist_cpu.yaml",
@@ -44,12 +45,14 @@ RUNS = {  # name -> recipe; one tiny trained run per modality and objective fami
     "text": "text/data2vec_text_cpu.yaml",              # learned positions
     "text_sincos": "text/data2vec2_text_cpu.yaml",      # fixed sin-cos positions
 }
+VARIANT = ["adapter.input_norm=true", "adapter.cls_token=false", "encoder.qkv_bias=qv", "encoder.layer_scale_init=0.1"]
 FASTER = {"speech": ("data.max_samples=6000",)}  # seconds of the test's wall clock, nothing of what is tested
 EXPORTS = [  # (run, target, hf class or None, the class transformers must build / the timm model)
     ("d2v_image", "hf", None, "Data2VecVisionModel"),
     ("d2v_image", "hf", "BeitModel", "BeitModel"),
     ("d2v2_image", "hf", None, "ViTModel"),
     ("d2v2_image", "timm", None, "VisionTransformer"),
+    ("vit_variant", "timm", None, "VisionTransformer"),
     ("mae", "hf", None, "ViTModel"),
     ("mae", "hf", "ViTMAEForPreTraining", "ViTMAEForPreTraining"),
     ("mae", "timm", None, "VisionTransformer"),
@@ -111,7 +114,8 @@ def _cfg(recipe: str, out: Path, name: str, extra: list[str] = ()):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("runs")
-    return {name: pretrain(_cfg(recipe, out, name), progress=False).run_dir for name, recipe in RUNS.items()}
+    return {name: pretrain(_cfg(recipe, out, name, VARIANT if name == "vit_variant" else []), progress=False).run_dir
+            for name, recipe in RUNS.items()}
 
 
 def _inputs(cfg, seed: int = 7) -> dict[str, torch.Tensor]:
@@ -166,7 +170,8 @@ def test_refused_architectures_give_one_line_and_leave_nothing(runs, tmp_path, c
              (runs["d2v_image"], ["--to", "hf", "--hf-class", "ViTModel"], "encoder.layer_scale_init: 0.1"),
              (runs["simmim_swin"], ["--to", "hf"], "method.backbone: swin"),
              (runs["d2v2_image"], ["--to", "hf", "--hf-class", "ViTMAEForPreTraining"], "objective 'data2vec2'"),
-             (runs["speech"], ["--to", "timm"], "--to timm exports image backbones")]
+             (runs["speech"], ["--to", "timm"], "--to timm exports image backbones"),
+             (runs["vit_variant"], ["--to", "hf"], "adapter.input_norm: true")]
     for run, args, needle in cases:
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="unimim"):

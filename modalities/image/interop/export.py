@@ -123,10 +123,16 @@ def timm_export(backbone: nn.ModuleDict, cfg: Any) -> tuple[str, dict[str, Any],
     state.pop("adapter.mask_token")
     if a.cls_token:
         out["cls_token"] = state.pop("adapter.cls_token")
-    for p in ("weight", "bias"):
-        out[f"patch_embed.proj.{p}"] = state.pop(f"adapter.patch_embed.{p}")
-        if a.input_norm:
+    out["patch_embed.proj.weight"] = state.pop("adapter.patch_embed.weight")
+    bias = state.pop("adapter.patch_embed.bias")  # (D,)
+    if a.input_norm:  # timm's pre_norm ViT has no patch bias: a constant on every patch token, folded into positions
+        prefix = int(a.cls_token)
+        out["pos_embed"] = out["pos_embed"].clone()
+        out["pos_embed"][:, prefix:] += bias
+        for p in ("weight", "bias"):
             out[f"norm_pre.{p}"] = state.pop(f"adapter.norm.{p}")
+    else:
+        out["patch_embed.proj.bias"] = bias
     for key in list(state):
         if key.endswith(("attn.q_bias", "attn.v_bias")):
             continue
