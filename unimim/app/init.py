@@ -31,7 +31,7 @@ from modalities.image.interop.convert_hf import from_hf_data2vec_vision
 from modalities.image.interop.convert_hf_vit import from_hf_vit_layout
 from modalities.image.interop.convert_hf_vit import materialise_positions as image_positions
 from modalities.image.interop.convert_mae import from_hf_vit_mae
-from modalities.image.interop.convert_timm import from_timm_vit
+from modalities.image.interop.convert_timm import from_timm_beit, from_timm_vit
 from modalities.speech.interop.convert_hf import from_hf_data2vec_audio
 from modalities.text.interop.convert_hf import from_hf_data2vec_text
 from modalities.text.interop.export import materialise_positions as text_positions
@@ -115,9 +115,9 @@ def _from_timm(spec: str, objective: nn.Module, cfg: Any) -> tuple[dict[str, Ten
     backbone = objective.backbone
     if "swin" in backbone:
         return {f"backbone.swin.model.{k}": v for k, v in state.items()}, sha256_file(path)
-    if cfg.adapter.positions == "relative":
-        raise ValueError("init: a timm VisionTransformer has no relative position bias (adapter.positions: "
-                         "relative); start from an hf: export instead")
+    if cfg.adapter.positions == "relative":  # timm's Beit with a shared table
+        out = from_timm_beit(state, depth=cfg.encoder.depth)
+        return {f"backbone.{k}": v for k, v in out.items()}, sha256_file(path)
     pre = {k: state.pop(k) for k in [k for k in state if k.startswith("norm_pre.")]}
     out = from_timm_vit(state, depth=cfg.encoder.depth)
     out.update({f"adapter.norm.{k[len('norm_pre.'):]}": v for k, v in pre.items()})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from modalities.image.interop.convert_hf import to_hf_data2vec_vision
@@ -113,7 +114,7 @@ def timm_export(backbone: nn.ModuleDict, cfg: Any) -> tuple[str, dict[str, Any],
         return "swin_base_patch4_window7_224", kwargs, dict(swin.model.state_dict())
     a, e = cfg.adapter, cfg.encoder
     if a.positions == "relative":
-        _refuse("timm VisionTransformer", "adapter.positions: relative", "export it with --to hf")
+        return _timm_beit(backbone, cfg)
     if not e.norm_first:
         _refuse("timm VisionTransformer", "encoder.norm_first: false (post-LN blocks)")
     if e.norm_eps != 1e-6:
@@ -153,3 +154,47 @@ def timm_export(backbone: nn.ModuleDict, cfg: Any) -> tuple[str, dict[str, Any],
                   else "avg", pre_norm=a.input_norm, final_norm=e.final_norm, fc_norm=False, num_classes=0,
                   drop_rate=e.dropout, attn_drop_rate=e.attn_dropout, drop_path_rate=e.drop_path)
     return "vit_base_patch16_224", kwargs, out
+
+
+def _timm_beit(backbone: nn.ModuleDict, cfg: Any) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+    """A BEiT-style backbone (shared relative position bias) as timm's ``Beit`` (``use_shared_rel_pos_bias``; its
+    index layout is BEiT's, the one :mod:`modalities.image.model.relative_position` builds)."""
+    a, e = cfg.adapter, cfg.encoder
+    what = "timm Beit"
+    if not e.norm_first:
+        _refuse(what, "encoder.norm_first: false (post-LN blocks)")
+    if a.input_norm:
+        _refuse(what, "adapter.input_norm: true (a LayerNorm over the embeddings before the first block)")
+    if e.norm_eps != 1e-6:
+        _refuse(what, f"encoder.norm_eps: {e.norm_eps}", "timm's Beit LayerNorms use eps 1e-6")
+    state = dict(backbone.state_dict())
+    state.pop("adapter.mask_token")
+    out: dict[str, Tensor] = {"cls_token": state.pop("adapter.cls_token"),
+                              "rel_pos_bias.relative_position_bias_table": state.pop("adapter.rel_pos.table")}
+    for p in ("weight", "bias"):
+        out[f"patch_embed.proj.{p}"] = state.pop(f"adapter.patch_embed.{p}")
+        if e.final_norm:
+            out[f"norm.{p}"] = state.pop(f"encoder.norm.{p}")
+    if not e.final_norm:  # timm then pools through a fresh fc_norm, which forward_features does not use
+        dim = out["cls_token"].shape[-1]
+        out["fc_norm.weight"], out["fc_norm.bias"] = torch.ones(dim), torch.zeros(dim)
+    renames = {"ls1.gamma": "gamma_1", "ls2.gamma": "gamma_2", "attn.q_bias": "attn.q_bias",
+               "attn.v_bias": "attn.v_bias", "attn.qkv.weight": "attn.qkv.weight"}
+    for key in list(state):
+        block, _, rest = key.partition(".blocks.")[2].partition(".")
+        if not key.startswith("encoder.blocks."):
+            continue
+        value = state.pop(key)
+        if rest == "attn.qkv.bias":  # q / k / v biases: timm's Beit has q and v; the key bias cancels in the softmax
+            q, _, v = value.chunk(3)
+            out[f"blocks.{block}.attn.q_bias"], out[f"blocks.{block}.attn.v_bias"] = q, v
+        else:
+            out[f"blocks.{block}.{renames.get(rest, rest)}"] = value
+    if state:
+        raise ValueError(f"unimim entries with no timm Beit counterpart: {sorted(state)[:8]}")
+    kwargs = dict(img_size=a.image_size, patch_size=a.patch_size, in_chans=a.in_chans, embed_dim=e.dim,
+                  depth=e.depth, num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, qkv_bias=e.qkv_bias is not False,
+                  init_values=e.layer_scale_init, use_abs_pos_emb=False, use_rel_pos_bias=False,
+                  use_shared_rel_pos_bias=True, num_classes=0, global_pool="token" if e.final_norm else "avg",
+                  drop_rate=e.dropout, attn_drop_rate=e.attn_dropout, drop_path_rate=e.drop_path)
+    return "beit_base_patch16_224", kwargs, out
