@@ -2,8 +2,9 @@
 
 ``hf_export`` picks the class (``ViTModel`` for plain ViTs, ``Data2VecVisionModel`` / ``BeitModel`` for BEiT-style
 encoders with relative position bias or layer scale, ``ViTMAEForPreTraining`` for MAE with its decoder) and
-refuses, naming the setting, what a class cannot represent. ``timm_export`` gives timm's ``VisionTransformer`` or,
-for SimMIM's Swin backbone, timm's ``SwinTransformer`` (:mod:`modalities.image.model.swin` wraps one). Fixed
+refuses, naming the setting, what a class cannot represent. ``timm_export`` gives timm's ``VisionTransformer``,
+timm's ``Beit`` (one shared relative position bias) for relative positions, or, for SimMIM's Swin backbone, timm's
+``SwinTransformer`` (:mod:`modalities.image.model.swin` wraps one). Fixed
 sin-cos positions are exported as the learned table that reproduces them (:func:`materialise_positions`).
 Nothing here imports ``transformers``: the caller builds the model from ``(class name, config kwargs)``.
 """
