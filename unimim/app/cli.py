@@ -77,6 +77,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from unimim.app.export import export_run
 
+    try:  # the library's own progress bars would interleave with the log lines
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     path = export_run(args.run_dir, args.to, args.out, hf_class=args.hf_class)
     log.info("wrote %s", path)
     return 0

@@ -203,8 +203,9 @@ def initialise(objective: nn.Module, cfg: Any) -> dict[str, Any]:
         state, digest = _from_run(Path(rest))
     else:
         raise ValueError(f"init={cfg.init!r} must be hf:PATH, timm:NAME@FILE or run:RUN_DIR")
-    if cfg.init_sha256 is not None and cfg.init_sha256 != digest:
-        raise ValueError(f"init: {cfg.init} has SHA-256 {digest}, the config records {cfg.init_sha256} (the weights "
+    recorded = getattr(cfg, "init_sha256", None)
+    if recorded is not None and recorded != digest:
+        raise ValueError(f"init: {cfg.init} has SHA-256 {digest}, the config records {recorded} (the weights "
                          "changed; remove init_sha256 to accept them)")
     target = {k: v for k, v in objective.state_dict().items() if not k.endswith("_extra_state")}
     state = _fit_to_target(dict(state), objective, target)
