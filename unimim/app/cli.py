@@ -8,6 +8,7 @@
     unimim recipes                                     list the shipped recipes (RECIPE may be one of their names,
                                                        e.g. image/mae_fmnist_cpu, wherever a recipe path is taken)
     unimim reconstruct RUN_DIR [--images F ...]        MAE / SimMIM reconstruction picture (PNG)
+    unimim export RUN_DIR --to hf|timm [--out DIR]     the encoder as a transformers / timm model (verified)
     unimim tokenizer train OUT INPUT... [options]      train a text tokenizer (OUT: *.json or *.model)
     unimim --version
 
@@ -85,6 +86,20 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from unimim.app.export import export_run
+
+    try:  # the library's own progress bars would interleave with the log lines
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    path = export_run(args.run_dir, args.to, args.out, hf_class=args.hf_class)
+    log.info("wrote %s", path)
+    return 0
+
+
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from itertools import chain
 
@@ -151,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the masks")
     p.add_argument("--scale", type=int, default=4, help="pixel upscaling of each panel")
     p.set_defaults(func=cmd_reconstruct)
+    p = sub.add_parser("export", help="export a run's encoder as a transformers save_pretrained directory or a timm "
+                                      "state dict, verified against the run")
+    p.add_argument("run_dir")
+    p.add_argument("--to", choices=["hf", "timm"], required=True)
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/export-<to>)")
+    p.add_argument("--hf-class", default=None, help="transformers class to export as (default: the run's natural one; "
+                                                    "e.g. BeitModel, Data2VecVisionModel, ViTMAEForPreTraining)")
+    p.set_defaults(func=cmd_export)
     _add_tokenizer_parser(sub)
     return parser
 

@@ -13,6 +13,8 @@ optim:    {...}             # OptimConfig
 train:    {...}             # TrainConfig
 deepspeed: {...}            # DeepSpeedConfig (enabled: true runs the recipe under DeepSpeed)
 probe:    {...}             # ProbeConfig
+init: hf:PATH | timm:NAME@FILE | run:RUN_DIR   # start from these weights (continued pretraining, unimim.app.init)
+init_sha256: ...            # written by the run: the SHA-256 of the init weights (checked when given)
 ```
 """
 
@@ -71,8 +73,13 @@ class ExperimentBase:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    init: str | None = None           # hf:PATH | timm:NAME@FILE | run:RUN_DIR: the student's (and teacher's) first
+                                      # weights (unimim.app.init); a resumed run takes its checkpoint instead
+    init_sha256: str | None = None    # recorded by the run (SHA-256 of the init weights); when set, it must match
 
     def __post_init__(self) -> None:
+        if self.init is not None and not self.init.startswith(("hf:", "timm:", "run:")):
+            raise ValueError(f"init={self.init!r} must be hf:PATH, timm:NAME@FILE or run:RUN_DIR")
         path = PurePosixPath(self.name)
         if not path.parts or not self.name.strip() or path.is_absolute() or "\\" in self.name or ".." in path.parts:
             raise ValueError(f"name={self.name!r} must be a relative path inside train.out_dir (no '..', not absolute)")

@@ -144,3 +144,33 @@ def load_timm_vit(model: nn.Module, positions: Literal["learned", "sincos"] = "l
     backbone.load_state_dict(from_timm_vit(model.state_dict(), depth=encoder_cfg.depth, positions=positions))
     return backbone
 
+
+
+def from_timm_beit(state: Mapping[str, Tensor], *, depth: int) -> dict[str, Tensor]:
+    """A timm ``Beit`` state dict with one shared relative position bias (``use_shared_rel_pos_bias``, what
+    ``unimim export --to timm`` writes for relative positions) -> a unimim backbone state dict (no mask token: timm
+    has none). Per-layer tables (``use_rel_pos_bias``) and absolute positions are refused."""
+    if any(k.endswith("attn.relative_position_bias_table") for k in state):
+        raise ValueError("timm Beit with per-layer relative position tables (use_rel_pos_bias) is not supported: "
+                         "the unimim adapter holds one shared table")
+    if "pos_embed" in state:
+        raise ValueError("timm Beit with absolute positions (use_abs_pos_emb) does not fit adapter.positions: "
+                         "relative")
+    found = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if found != set(range(depth)):
+        raise ValueError(f"depth={depth} but the state dict has blocks {sorted(found)}")
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key == "cls_token":
+            out["adapter.cls_token"] = value
+        elif key == "rel_pos_bias.relative_position_bias_table":
+            out["adapter.rel_pos.table"] = value
+        elif key.startswith("patch_embed.proj."):
+            out["adapter.patch_embed." + key[len("patch_embed.proj."):]] = value
+        elif key.startswith("norm."):
+            out["encoder." + key] = value
+        elif key.startswith("blocks."):
+            out["encoder." + key.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")] = value
+        elif not key.startswith(("fc_norm.", "head.")):
+            raise ValueError(f"timm Beit entry {key!r} has no unimim counterpart")
+    return out
