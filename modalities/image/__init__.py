@@ -26,5 +26,6 @@ IMAGE = ModalitySpec(
         "data.synthetic_size=64", "masking.min_block=2",
         "train.batch_size=8", "train.steps=3", "train.num_workers=0", "train.log_every=1",
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+        "task.limit_train=64", "task.limit_test=32", "finetune.batch_size=16", "finetune.steps=4",
     ),
 )
