@@ -44,7 +44,7 @@ def _folder(root: Path, splits: tuple[str, ...], classes: tuple[str, ...] = ("ca
         for k, c in enumerate(classes):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                arr = rng.integers(0, 60, (20, 20), dtype=np.uint8) + np.uint8(150 * k)
+                arr = rng.integers(0, 60, (20, 20), dtype=np.uint8) + np.uint8(190 * k // max(1, len(classes) - 1))
                 Image.fromarray(arr).save(root / split / c / f"{i}.png")
     return root
 
@@ -107,7 +107,7 @@ def test_finetune_refuses_bad_keys_and_architecture_changes(pretrained_run, tmp_
 
 def test_the_cpu_recipe_applies_over_the_run(pretrained_run):
     cfg = load_finetune_config(pretrained_run, ROOT / "recipes/image/finetune_fmnist_cpu.yaml")
-    assert cfg.finetune.layer_decay == 0.65 and cfg.task.source == "fashion_mnist"
+    assert cfg.finetune.layer_decay == 0.75 and cfg.finetune.batch_size == 128 and cfg.task.limit_train == 10000
     assert cfg.encoder.depth == 2  # the run's architecture, whatever the recipe
 
 

@@ -106,21 +106,21 @@ class _Relabelled(Dataset):
         return image, self.mapping[label]
 
 
-def _labelled_folder(path: Path, mode: str, limit: int | None) -> ImageFolder:
+def _labelled_folder(path: Path, mode: str, limit: int | None, min_classes: int = 1) -> ImageFolder:
     folder = ImageFolder(path, mode=mode, limit=limit)
     loose = sum(1 for _, label in folder.samples if label == UNLABELED)
     if loose:
         raise ValueError(f"{path}: {loose} image files lie directly in the split folder; a labelled split holds one "
                          "folder per class")
-    if len(folder.classes) < 2:
-        raise ValueError(f"{path}: a classification task needs at least 2 class folders, found "
+    if len(folder.classes) < min_classes:
+        raise ValueError(f"{path}: a classification task needs at least {min_classes} class folders, found "
                          f"{folder.classes or 'none'}")
     return folder
 
 
 def _folder_splits(task: ImageTaskConfig, mode: str) -> tuple[Dataset, Dataset, list[str], str]:
     root = Path(task.root)
-    train = _labelled_folder(split_folder(root, "train"), mode, task.limit_train)
+    train = _labelled_folder(split_folder(root, "train"), mode, task.limit_train, min_classes=2)
     if task.test_split is not None:
         test_dir = split_folder(root, task.test_split)
     else:
