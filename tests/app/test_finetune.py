@@ -52,7 +52,7 @@ def _folder(root: Path, splits: tuple[str, ...], classes: tuple[str, ...] = ("ca
 def test_finetune_writes_both_inits_and_resumes_after_an_interruption(pretrained_run, tmp_path, caplog):
     a, b = _copy(pretrained_run, tmp_path / "a"), _copy(pretrained_run, tmp_path / "b")
     assert main(["finetune", str(a), "train.precision=fp32", "--no-progress"]) == 0
-    task_dir = a / "finetune" / "fashion_mnist"
+    task_dir = a / "finetune" / "synthetic"
     out = json.loads((task_dir / "finetune.json").read_text())
     assert set(out["results"]) == {"pretrained", "random"}
     for r in out["results"].values():
@@ -71,12 +71,12 @@ def test_finetune_writes_both_inits_and_resumes_after_an_interruption(pretrained
 
     # interrupted after 2 of 4 steps (a job slice), then the same command: the same fine-tune as without the stop
     assert main(["finetune", str(b), "train.precision=fp32", "train.stop_after=2", "--no-progress"]) == 0
-    assert not (b / "finetune" / "fashion_mnist" / "finetune.json").exists()
+    assert not (b / "finetune" / "synthetic" / "finetune.json").exists()
     assert main(["finetune", str(b), "train.precision=fp32", "--no-progress"]) == 0
-    resumed = json.loads((b / "finetune" / "fashion_mnist" / "finetune.json").read_text())
+    resumed = json.loads((b / "finetune" / "synthetic" / "finetune.json").read_text())
     assert resumed["predictions"] == out["predictions"]
     for init in ("pretrained", "random"):
-        losses = [r["loss"] for r in read_metrics(b / "finetune" / "fashion_mnist" / init)]
+        losses = [r["loss"] for r in read_metrics(b / "finetune" / "synthetic" / init)]
         assert losses == pytest.approx([r["loss"] for r in read_metrics(task_dir / init)], rel=1e-5)
 
     # a finished init is not re-run

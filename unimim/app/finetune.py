@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -139,6 +140,17 @@ def _write_json(path: Path, obj: Any) -> None:
         raise OutputError(f"cannot write {path}: {describe_os_error(e)}") from None
 
 
+@contextlib.contextmanager
+def _refusal(init_dir: Path) -> Iterator[None]:
+    """A fine-tune whose settings differ from those of its checkpoint or result: the differences, and what to do."""
+    try:
+        yield
+    except ConfigError as e:
+        detail = str(e).split(" Use another name=")[0]
+        raise ConfigError(f"{init_dir}: {detail} Keep the settings, or set train.resume=false to fine-tune again "
+                          "from the start (the earlier files are set aside)") from None
+
+
 def _eval_loader(task: LabelledTask, cfg: Any) -> DataLoader:
     return DataLoader(task.test, batch_size=cfg.finetune.eval_batch_size, shuffle=False,
                       num_workers=cfg.train.num_workers, collate_fn=task.eval_collate)
@@ -179,7 +191,8 @@ def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_
     result_path = view.run_dir / RESULT_NAME
     if result_path.is_file():
         done = json.loads(result_path.read_text())
-        check_resumable(done["config"], resolved, FINETUNE_RESUMABLE)
+        with _refusal(view.run_dir):
+            check_resumable(done["config"], resolved, FINETUNE_RESUMABLE)
         log.info("%s init already fine-tuned (%s); not re-run", init, result_path)
         return done
     if view.run_dir.is_dir():
@@ -197,8 +210,9 @@ def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_
     spent = json.loads(timing_path.read_text())["train_seconds"] if timing_path.is_file() else 0.0
     t0 = time.perf_counter()
     try:
-        run_pretraining(view, model, TaskSource(task.train, task.collate), progress=progress, optimizer=optimizer,
-                        resumable=FINETUNE_RESUMABLE, desc=f"finetune {init}")
+        with _refusal(view.run_dir):
+            run_pretraining(view, model, TaskSource(task.train, task.collate), progress=progress,
+                            optimizer=optimizer, resumable=FINETUNE_RESUMABLE, desc=f"finetune {init}")
     finally:
         spent += time.perf_counter() - t0
         _write_json(timing_path, {"train_seconds": spent})

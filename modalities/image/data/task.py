@@ -2,6 +2,8 @@
 
     task.source: fashion_mnist   train / test of the IDX files in task.root
     task.source: folder          task.root/train/<class>/* and task.root/val/<class>/* (or test/)
+    task.source: synthetic       the deterministic random images of smoke tests (data.synthetic_size per split)
+    task.source: null (default)  the run's own data.source and data.root (Fashion-MNIST by default)
 
 Image size, channels and normalisation are the run's (``data``, checked against ``adapter``). Training transform
 (fine-tuning): RandomResizedCrop (bicubic) + horizontal flip + optional RandAugment (timm's
@@ -13,6 +15,7 @@ the deterministic resize + centre crop. A split that does not exist is a clear e
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from modalities.image.data.dataset import ImageDataConfig, ImageDataset, eval_transform, split_folder
+from modalities.image.data.dataset import ImageDataConfig, ImageDataset, SyntheticImages, eval_transform, split_folder
 from modalities.image.data.folder import UNLABELED, ImageFolder
 from modalities.image.data.idx import FashionMNIST
 from modalities.image.data.modes import ConvertMode
@@ -34,8 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageTaskConfig:
-    source: Literal["fashion_mnist", "folder"] = "fashion_mnist"
-    root: str = "/usr/share/datasets/fashion-mnist"  # IDX directory, or the folder holding train/ and val/ (test/)
+    source: Literal["fashion_mnist", "folder", "synthetic"] | None = None  # None: the run's data.source
+    root: str | None = None  # IDX directory, or the folder holding train/ and val/ (test/); None: the run's data.root
     test_split: str | None = None  # folder: the evaluation split folder (None: val/, else test/)
     name: str | None = None        # the task's directory under RUN_DIR/finetune/ (None: fashion_mnist / the folder's
                                    # name)
@@ -47,7 +50,7 @@ class ImageTaskConfig:
     random_erasing: float = 0.0      # probability of timm's RandomErasing (mode pixel; MAE --reprob 0.25)
 
     def __post_init__(self) -> None:
-        self.root = str(self.root)
+        self.root = None if self.root is None else str(self.root)
         self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]
         if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise ValueError(f"task.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_scale}")
@@ -60,7 +63,7 @@ class ImageTaskConfig:
         if self.rand_augment is not None and not self.rand_augment.startswith("rand"):
             raise ValueError(f"task.rand_augment must be a timm RandAugment string such as 'rand-m9-mstd0.5-inc1', "
                              f"got {self.rand_augment!r}")
-        if self.test_split is not None and self.source != "folder":
+        if self.test_split is not None and self.source not in ("folder", None):
             raise ValueError("task.test_split names a split folder: it is for task.source=folder")
 
 
@@ -118,8 +121,7 @@ def _labelled_folder(path: Path, mode: str, limit: int | None, min_classes: int 
     return folder
 
 
-def _folder_splits(task: ImageTaskConfig, mode: str) -> tuple[Dataset, Dataset, list[str], str]:
-    root = Path(task.root)
+def _folder_splits(task: ImageTaskConfig, root: Path, mode: str) -> tuple[Dataset, Dataset, list[str], str]:
     train = _labelled_folder(split_folder(root, "train"), mode, task.limit_train, min_classes=2)
     if task.test_split is not None:
         test_dir = split_folder(root, task.test_split)
@@ -147,12 +149,25 @@ def build_task(task: ImageTaskConfig, cfg: Any, train_augment: bool) -> Labelled
 
     data: ImageDataConfig = cfg.data
     check_consistency(data, cfg.adapter)
-    if task.source == "fashion_mnist":
-        train: Dataset = FashionMNIST(task.root, "train", mode=data.mode, limit=task.limit_train)
-        test: Dataset = FashionMNIST(task.root, "test", mode=data.mode, limit=task.limit_test)
+    source = task.source or data.source
+    root = task.root if task.root is not None else (data.root if task.source in (None, data.source) else None)
+    if root is None and source != "synthetic":
+        raise ValueError(f"task.source={source} needs task.root (the run's data.source is {data.source!r})")
+    if task.test_split is not None and source != "folder":
+        raise ValueError(f"task.test_split names a split folder: it is for a folder task, not {source!r}")
+    if source == "fashion_mnist":
+        train: Dataset = FashionMNIST(root, "train", mode=data.mode, limit=task.limit_train)
+        test: Dataset = FashionMNIST(root, "test", mode=data.mode, limit=task.limit_test)
         classes, name = list(train.classes), task.name or "fashion_mnist"
+    elif source == "synthetic":
+        def synthetic(split: str, limit: int | None) -> Dataset:
+            n = data.synthetic_size if limit is None else min(limit, data.synthetic_size)
+            return SyntheticImages(n, data.image_size, data.channels, seed=zlib.crc32(split.encode()))
+
+        train, test = synthetic("train", task.limit_train), synthetic("test", task.limit_test)
+        classes, name = list(train.classes), task.name or "synthetic"
     else:
-        train, test, classes, name = _folder_splits(task, data.mode)
+        train, test, classes, name = _folder_splits(task, Path(root), data.mode)
     evaluation = eval_transform(data)
     log.info("image task %s: %d training and %d test images, %d classes", name, len(train), len(test), len(classes))
     return LabelledTask(name=name, kind="classification",
