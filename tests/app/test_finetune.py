@@ -107,7 +107,7 @@ def test_finetune_refuses_bad_keys_and_architecture_changes(pretrained_run, tmp_
 
 def test_the_cpu_recipe_applies_over_the_run(pretrained_run):
     cfg = load_finetune_config(pretrained_run, ROOT / "recipes/image/finetune_fmnist_cpu.yaml")
-    assert cfg.finetune.layer_decay == 0.75 and cfg.finetune.batch_size == 128 and cfg.task.limit_train == 10000
+    assert cfg.finetune.layer_decay == 0.75 and cfg.finetune.batch_size == 128 and cfg.task.limit_train == 8000
     assert cfg.encoder.depth == 2  # the run's architecture, whatever the recipe
 
 
