@@ -145,3 +145,51 @@ def test_ctc_standin_greedy_decode_and_error_rate():
     assert greedy_decode(logits, torch.tensor([4])) == [[1, 1]]
     # kitten -> sitting: 3 edits over 6 reference symbols; plus an exact match of 2
     assert error_rate([list("kitten"), [1, 2]], [list("sitting"), [1, 2]]) == (3, 8)
+
+
+def _ctc_brute_force(log_probs: torch.Tensor, target: list[int]) -> float:
+    """-log sum over every frame labelling that collapses (repeats merged, blanks 0 dropped) to ``target``, divided
+    by the target length: (T, V) log-probabilities of one example, enumerated path by path."""
+    import itertools
+
+    t, v = log_probs.shape
+    total = []
+    for path in itertools.product(range(v), repeat=t):
+        out, prev = [], None
+        for s in path:
+            if s != prev and s != 0:
+                out.append(s)
+            prev = s
+        if out == target:
+            total.append(sum(float(log_probs[i, s]) for i, s in enumerate(path)))
+    return -float(torch.logsumexp(torch.tensor(total, dtype=torch.float64), 0)) / len(target)
+
+
+def test_ctc_head_loss_lengths_and_decoding():
+    """Per-token head on the 4 patch tokens; example 1 has 2 valid frames (token padding) and a padded target:
+    the loss equals the enumerated CTC probability of each example, averaged."""
+    from unimim.core.batch import LABEL_PAD
+    from unimim.eval.finetune import evaluate
+
+    torch.manual_seed(0)
+    backbone = _backbone(2)
+
+    def encode(x, padding_mask=None, layers=None):  # images: the padding mask is the task's frame padding only
+        return encode_with(backbone["adapter"], backbone["encoder"], x, None, layers)
+
+    def token_padding(pm, n):  # (B, 4) input padding -> (B, n) token padding
+        return pm[:, :n]
+
+    model = FinetuneModel(backbone, encode, kind="ctc", num_classes=3, dim=16, num_prefix_tokens=1, num_layers=2,
+                          cfg=FinetuneConfig(head_init_std=1.0), token_padding=token_padding).eval()
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    labels = torch.tensor([[1, 2], [2, LABEL_PAD]])
+    batch = Batch(inputs=torch.randn(2, 1, 8, 8), padding_mask=pad, labels=labels)
+    logits, lengths = model.logits(batch)
+    assert logits.shape == (2, 4, 3) and lengths.tolist() == [4, 2]
+    lp = torch.log_softmax(logits.detach().double(), dim=-1)
+    expected = (_ctc_brute_force(lp[0], [1, 2]) + _ctc_brute_force(lp[1, :2], [2])) / 2
+    assert float(model(batch).loss.detach()) == pytest.approx(expected, rel=1e-4)
+    out = evaluate(model, [batch], device=torch.device("cpu"), progress=False)
+    assert out["labels"] == [[1, 2], [2]] and out["predictions"] == greedy_decode(logits, lengths)
+    assert out["total"] == 3 and out["error_rate"] == pytest.approx(out["errors"] / 3)
