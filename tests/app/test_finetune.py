@@ -162,3 +162,16 @@ def test_only_the_weights_encode_runs_are_trained(objective, tmp_path):
         assert not any("decoder" in k for k in model.state_dict())
         assert all(p.grad is None for p in obj.decoder.parameters())
     assert isinstance(model(batch).loss, torch.Tensor)
+
+
+def test_evaluation_settings_never_block_resuming_pretraining_but_fix_a_fine_tune():
+    from unimim.app.finetune import FINETUNE_RESUMABLE
+    from unimim.config import ConfigError
+    from unimim.train.run import check_resumable
+
+    saved = {"train": {"steps": 3}, "probe": {"epochs": 2}}  # a run saved before the finetune / task sections
+    check_resumable(saved, {**saved, "finetune": {"epochs": 3.0}, "task": {"source": "folder"}})
+    with pytest.raises(ConfigError, match="finetune.seed: 0 -> 1"):
+        check_resumable({"finetune": {"seed": 0}}, {"finetune": {"seed": 1}}, FINETUNE_RESUMABLE)
+    check_resumable({"finetune": {"baseline": True}, "train": {"device": "cpu"}},
+                    {"finetune": {"baseline": False}, "train": {"device": "cuda"}}, FINETUNE_RESUMABLE)

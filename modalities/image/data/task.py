@@ -3,7 +3,7 @@
     task.source: fashion_mnist   train / test of the IDX files in task.root
     task.source: folder          task.root/train/<class>/* and task.root/val/<class>/* (or test/)
     task.source: synthetic       the deterministic random images of smoke tests (data.synthetic_size per split)
-    task.source: null (default)  the run's own data.source and data.root (Fashion-MNIST by default)
+    task.source: null (default)  the run's own data.source, data.root and data.limit (Fashion-MNIST by default)
 
 Image size, channels and normalisation are the run's (``data``, checked against ``adapter``). Training transform
 (fine-tuning): RandomResizedCrop (bicubic) + horizontal flip + optional RandAugment (timm's
@@ -14,6 +14,7 @@ the deterministic resize + centre crop. A split that does not exist is a clear e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Sequence
@@ -155,6 +156,9 @@ def build_task(task: ImageTaskConfig, cfg: Any, train_augment: bool) -> Labelled
         raise ValueError(f"task.source={source} needs task.root (the run's data.source is {data.source!r})")
     if task.test_split is not None and source != "folder":
         raise ValueError(f"task.test_split names a split folder: it is for a folder task, not {source!r}")
+    if task.source is None and data.limit is not None:  # the run's own data, as far as it reads it
+        task = dataclasses.replace(task, limit_train=task.limit_train or data.limit,
+                                   limit_test=task.limit_test or data.limit)
     if source == "fashion_mnist":
         train: Dataset = FashionMNIST(root, "train", mode=data.mode, limit=task.limit_train)
         test: Dataset = FashionMNIST(root, "test", mode=data.mode, limit=task.limit_test)
