@@ -45,12 +45,13 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The tested stack (constraints.txt) within the ranges of pyproject.toml; `pip install .` alone resolves the ranges.
+$(STAMP): pyproject.toml setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' \
 		|| { echo "error: set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,tensorboard]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,tensorboard]'
 	@touch $@
 
 # Default data: Fashion-MNIST from Debian's dataset-fashion-mnist package (installed when running as root).

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from unimim.eval.task import LabelledTask
-from unimim.nn.encoder import TransformerEncoder
+from unimim.nn.encoder import TransformerEncoder, build_encoder
 from unimim.nn.tokens import Tokens
 from unimim.objectives.base import Objective
 
@@ -93,8 +93,9 @@ class ModalitySpec:
 
 
 def build_vit(cfg: Any, modality: ModalitySpec) -> tuple[nn.Module, TransformerEncoder]:
-    """The modality's adapter and the transformer encoder of an experiment config."""
-    return modality.build_adapter(cfg.adapter, cfg.encoder), TransformerEncoder(cfg.encoder)
+    """The modality's adapter and the transformer encoder of an experiment config (``encoder.backend``: unimim's
+    blocks or a timm ViT's, the same interface)."""
+    return modality.build_adapter(cfg.adapter, cfg.encoder), build_encoder(cfg.encoder)
 
 
 def vit_objective(cls: Callable[[nn.Module, TransformerEncoder, Any], Objective]) -> Callable[..., Objective]:

@@ -5,6 +5,12 @@ valid key suggested; values are type-checked against the dataclass annotations. 
 :class:`RecipeLoader`: numbers as YAML 1.2 reads them (``1e-3`` is a float, not a string) and a key given twice
 in one mapping is an error (PyYAML would keep the last one silently). The resolved config is a plain
 dataclass tree that ``to_dict`` turns back into YAML-able data (saved in every run directory and checkpoint).
+
+Composition: a recipe may name ``base: OTHER`` and override it (:func:`read_yaml`). ``OTHER`` ending in ``.yaml`` /
+``.yml`` is a path, relative to the recipe's directory unless absolute; anything else is a recipe name, looked up by
+the ``find_recipe`` callable the caller passes (the shipped recipes: :mod:`unimim.app.recipes`). The recipe is merged
+over its base (:func:`merge_recipes`): mappings key by key, recursively; any other value, a list included, replaces
+the base's. A base may have a base (a chain); a cycle is an error. ``base`` is gone from the merged result.
 """
 
 from __future__ import annotations
@@ -190,8 +196,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+BASE_KEY = "base"
+
+
+def merge_recipes(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: a mapping in both merges key by key (recursively); any other value, a list
+    included, replaces the base's. Neither input is modified."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_recipes(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
@@ -202,6 +222,50 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
     return data
+
+
+def _base_path(ref: Any, path: Path, find_recipe: Callable[[str], Path] | None) -> Path:
+    """Where ``base: ref`` of recipe ``path`` points: a ``*.yaml`` path (relative to ``path``'s directory), or a
+    recipe name resolved by ``find_recipe``."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigError(f"recipe {path}: base must be a recipe name or a path to a .yaml file, got {ref!r}")
+    if ref.endswith((".yaml", ".yml")):
+        base = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        if not base.is_file():
+            raise ConfigError(f"recipe {path}: base {ref!r} not found ({base})")
+        return base
+    if find_recipe is None:
+        raise ConfigError(f"recipe {path}: base {ref!r} is a recipe name, and no recipe catalogue is given here; "
+                          "name a path ending in .yaml instead")
+    try:
+        return find_recipe(ref)
+    except ConfigError as e:
+        raise ConfigError(f"recipe {path}: base: {e}") from None
+
+
+def read_yaml(path: str | Path, find_recipe: Callable[[str], Path] | None = None) -> dict[str, Any]:
+    """The raw mapping of recipe ``path``, merged over its ``base:`` chain (module docstring); ``find_recipe(name)``
+    resolves a base given by name (None: bases must be paths)."""
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    current = Path(path)
+    while True:
+        key = current.resolve()
+        if key in chain:
+            cycle = " -> ".join(str(p) for p in [*chain[chain.index(key):], key])
+            raise ConfigError(f"recipe base cycle: {cycle}")
+        chain.append(key)
+        data = _read_mapping(current)
+        if BASE_KEY not in data:
+            layers.append(data)
+            break
+        ref = data.pop(BASE_KEY)
+        layers.append(data)
+        current = _base_path(ref, current, find_recipe)
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):  # the deepest base first, the recipe itself last
+        merged = merge_recipes(merged, layer)
+    return merged
 
 
 def load_config(

@@ -6,9 +6,12 @@
     unimim probe RUN_DIR [key.sub=value ...]           linear probe + kNN, pretrained vs random weights
     unimim finetune RUN_DIR [RECIPE.yaml] [key=value]  fine-tune the encoder on a labelled task, and the same
                                                        architecture from random init; RUN_DIR/finetune/<task>/
-    unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config
+    unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config (base: chains merged)
+    unimim recipes                                     list the shipped recipes (RECIPE may be one of their names,
+                                                       e.g. image/mae_fmnist_cpu, wherever a recipe path is taken)
     unimim reconstruct RUN_DIR [--images F ...]        MAE / SimMIM reconstruction picture (PNG)
     unimim tokenizer train OUT INPUT... [options]      train a text tokenizer (OUT: *.json or *.model)
+    unimim --version
 
 Exit status: 0 done; 1 a run-time error (one line: non-finite loss, collapse, a full disk, a lost process, a run
 directory in use); 2 a config or input error; 128 + N when signal N stopped a run after a checkpoint (143 SIGTERM,
@@ -23,6 +26,7 @@ import sys
 
 import yaml
 
+import unimim
 from unimim.config import ConfigError, to_dict
 
 log = logging.getLogger("unimim")
@@ -71,6 +75,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     from unimim.app.experiment import load_recipe
 
     print(yaml.safe_dump(to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False), end="")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from unimim.app.experiment import ExperimentBase
+    from unimim.app.recipes import list_recipes, recipes_table
+
+    print(recipes_table(list_recipes(ExperimentBase.modality, ExperimentBase.objective)))
     return 0
 
 
@@ -123,6 +135,7 @@ def _add_tokenizer_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimim", description="data2vec-centred self-supervised pretraining")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"unimim {unimim.__version__}")
     # launchers that pass --local_rank=N (the process reads LOCAL_RANK from the environment instead)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("recipes", help="list the shipped recipes: name, modality, objective, description")
+    p.set_defaults(func=cmd_recipes)
     p = sub.add_parser("reconstruct", help="picture of a MAE / SimMIM run: original, masked, reconstruction, pasted")
     p.add_argument("run_dir")
     p.add_argument("--images", nargs="+", default=[], help="image files (default: the first --num test images)")

@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from unimim.app.recipes import find_recipe, resolve_recipe
 from unimim.app.registry import MODALITIES, OBJECTIVES
 from unimim.config import ConfigError, load_config, read_yaml
 from unimim.eval.finetune.config import FinetuneConfig
@@ -51,6 +52,9 @@ class TrainConfig:
     threads: int | None = None        # torch intra-op threads (None = torch default)
     stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job
                                       # slice; the schedule still spans `steps`; the next invocation resumes)
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None  # metric sinks beside JSONL (always
+                                      # written); None: TensorBoard when installed. A listed one must be installed
+    wandb_project: str = "unimim"     # W&B project; entity and mode from WANDB_ENTITY / WANDB_MODE (offline works)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accumulate", "log_every", "checkpoint_every"):
@@ -131,8 +135,9 @@ def check_experiment(cfg: Any) -> Any:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
-    """Recipe file + ``key.sub=value`` overrides -> a validated experiment config."""
-    return check_experiment(load_config(read_yaml(path), _root_type, overrides))
+    """Recipe file or name (``image/mae_fmnist_cpu``, :mod:`unimim.app.recipes`; ``base:`` chains merged) +
+    ``key.sub=value`` overrides -> a validated experiment config."""
+    return check_experiment(load_config(read_yaml(resolve_recipe(path), find_recipe), _root_type, overrides))
 
 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Any:

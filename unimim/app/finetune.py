@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from unimim.app.experiment import TrainConfig, config_from_dict
 from unimim.app.probe import load_pretrained
+from unimim.app.recipes import find_recipe, resolve_recipe
 from unimim.app.registry import MODALITIES, build_objective
 from unimim.config import ConfigError, read_yaml, to_dict
 from unimim.eval.finetune import (
@@ -110,7 +111,8 @@ def load_finetune_config(run_dir: str | Path, recipe: str | Path | None = None,
     saved = yaml.safe_load(path.read_text())
     raw = copy.deepcopy(saved)
     if recipe is not None:
-        extra = read_yaml(recipe)
+        recipe = resolve_recipe(recipe)  # a file, or a shipped recipe's name (image/finetune_fmnist_cpu)
+        extra = read_yaml(recipe, find_recipe)
         bad = sorted(set(extra) - set(RECIPE_SECTIONS))
         if bad:
             raise ConfigError(f"fine-tune recipe {recipe}: sections {bad} cannot change a pretrained run; a fine-tune "

@@ -65,6 +65,14 @@ def gathered(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
 class EMATeacher:
     """Frozen fp32 copy of ``student`` updated by exponential moving average.
 
+    Contract: build it once from the student (before training, or from the initial weights); after every optimizer
+    step call ``update(student, step)`` with ``step`` = the optimizer updates completed so far (1 after the first,
+    as the training loop passes it), which returns the tau it used; run the teacher as ``teacher.module(...)`` under
+    ``torch.no_grad()`` (it is in eval mode, requires no grad, and its parameters are in no optimizer). ``student``
+    must keep the parameter names of the module it was built from. ``state_dict`` / ``load_state_dict`` save and
+    restore the averaged weights (the step is the caller's to save). Works with any ``nn.Module``: nothing else of
+    unimim is needed.
+
     Args:
         student: the module whose weights are averaged (its structure is deep-copied once).
         cfg: decay schedule and the names of parameters to copy instead of average.
@@ -121,7 +129,9 @@ class EMATeacher:
         return self._pairs[1:]
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The teacher's weights and buffers (fp32), keyed as the student's."""
         return self.module.state_dict()
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore weights saved by :meth:`state_dict` (strict: every key must match)."""
         self.module.load_state_dict(state)

@@ -28,7 +28,9 @@ def resolve_scale(scale: float | str, dim: int) -> float:
 def regression_loss(pred: Tensor, target: Tensor, *, beta: float = 0.0, scale: float = 1.0) -> Tensor:
     """pred, target: (M, D) at the M masked positions -> scalar.
 
-    beta = 0: squared error; beta > 0: smooth-L1 (0.5 x^2 / beta if |x| < beta else |x| - beta / 2).
+    beta = 0: squared error; beta > 0: smooth-L1 (0.5 x^2 / beta if |x| < beta else |x| - beta / 2). Summed over D,
+    averaged over M, times ``scale`` (:func:`resolve_scale`); computed in float32. Select the masked rows first,
+    e.g. ``regression_loss(pred[mask], target[mask])`` with a (B, T) bool ``mask``; M = 0 is an error.
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} shapes differ")

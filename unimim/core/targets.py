@@ -6,6 +6,11 @@ y_t = norm_final( (1/K) * sum_{l=L-K+1}^{L} norm_layer(a_t^l) )
 beit/engine_for_cyclical.py@af9a3634.)
 
 Unlike the reference, instance norm excludes padded positions from the statistics (data2vec.md §10.7).
+
+Standalone use (no other part of unimim needed): run any teacher that returns its per-block outputs, then
+``y = build_targets(outputs, top_k=K, layer_norm="instance", final_norm="none")`` (B, T, D), and regress the
+student's predictions at the masked positions onto ``y[mask]`` (:func:`unimim.core.losses.regression_loss`). Compute
+the targets under ``torch.no_grad()``: nothing here detaches.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def layer_norm_tokens(x: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def normalise(x: Tensor, kind: Norm, padding_mask: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """One target norm: ``instance`` (each channel over the time axis, :func:`instance_norm_time`), ``layer`` (each
+    token over its channels, :func:`layer_norm_tokens`) or ``none``. x: (B, T, D) -> (B, T, D)."""
     if kind == "instance":
         return instance_norm_time(x, padding_mask, eps)
     if kind == "layer":
@@ -63,7 +70,17 @@ def build_targets(
 ) -> Tensor:
     """Average the last ``top_k`` of ``layers`` (each (B, T, D)) after per-layer normalisation.
 
-    Computed in float32 whatever the autocast dtype of the teacher. Returns (B, T, D).
+    Args:
+        layers: the teacher's block outputs, first block first (L tensors of (B, T, D), any float dtype); the last
+            ``top_k`` are used. T is whatever the caller passes: drop prefix tokens (cls) first if they must not
+            take part in the instance-norm statistics, as the objectives do.
+        top_k: K, between 1 and L.
+        layer_norm: the norm of each layer before averaging (``instance`` for data2vec speech / text / 2.0,
+            ``layer`` for data2vec 1.0 vision).
+        final_norm: the norm of the average (``layer`` for vision, else usually ``none``).
+        padding_mask: (B, T) bool, ``True`` = padding, excluded from instance-norm statistics (and zeroed).
+    Returns:
+        (B, T, D) float32 targets, whatever the autocast dtype of the teacher; not detached.
     """
     if not 1 <= top_k <= len(layers):
         raise ValueError(f"top_k={top_k} must be between 1 and the number of layers ({len(layers)})")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from unimim.nn.block import Block
+from unimim.nn.encoder_output import EncoderOutput
 from unimim.nn.tokens import Tokens
 
 
@@ -31,6 +33,14 @@ class EncoderConfig:
     init_std: float = 0.02       # truncated-normal std for Linear weights
     grad_checkpointing: bool = False  # recompute each block in the backward pass: less activation memory, ~1/3 more
                                       # compute (benchmarks/peer_table.py measures the trade)
+    # unimim: the blocks above (unimim.nn.block); timm: the blocks of timm.create_model(timm_model, pretrained=False,
+    # **timm_kwargs), behind the same interface (unimim.nn.timm_encoder: what is kept, what must agree, what is refused)
+    backend: Literal["unimim", "timm"] = "unimim"
+    timm_model: str | None = None  # a timm VisionTransformer name, e.g. vit_small_patch16_224 (backend: timm)
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # more create_model arguments (backend: timm)
+    # model: the timm model keeps its own width / depth / heads, which must equal dim / depth / num_heads;
+    # encoder: dim / depth / num_heads are passed to timm as embed_dim / depth / num_heads
+    timm_size: Literal["model", "encoder"] = "model"
 
     def __post_init__(self) -> None:
         for name in ("dim", "depth", "num_heads"):
@@ -45,16 +55,23 @@ class EncoderConfig:
             raise ValueError(f"encoder.act_dropout must lie in [0, 1) or be null, got {self.act_dropout}")
         if self.dim % self.num_heads != 0:
             raise ValueError(f"encoder.dim={self.dim} must be divisible by encoder.num_heads={self.num_heads}")
+        if self.backend == "timm":
+            from unimim.nn.timm_encoder import check_timm_config  # timm is imported only for this backend
+
+            check_timm_config(self)
+        elif self.timm_model is not None or self.timm_kwargs or self.timm_size != "model":
+            raise ValueError("encoder.timm_model / timm_kwargs / timm_size apply to encoder.backend: timm "
+                             f"(backend is {self.backend!r})")
 
 
-@dataclass
-class EncoderOutput:
-    """x: (B, T, D) last layer (after the final norm, if any); layers / ffn: L tensors (B, T, D) each,
-    the block outputs and the FFN outputs before the residual."""
+def build_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The encoder of ``cfg.backend``: :class:`TransformerEncoder` (unimim) or
+    :class:`~unimim.nn.timm_encoder.TimmEncoder` (timm); both map Tokens to an :class:`EncoderOutput`."""
+    if cfg.backend == "timm":
+        from unimim.nn.timm_encoder import TimmEncoder
 
-    x: Tensor
-    layers: list[Tensor]
-    ffn: list[Tensor]
+        return TimmEncoder(cfg)
+    return TransformerEncoder(cfg)
 
 
 class TransformerEncoder(nn.Module):

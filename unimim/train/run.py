@@ -26,7 +26,7 @@ from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
 from unimim.train.interrupt import stop_on_signals
 from unimim.train.loop import train_loop
-from unimim.train.metrics import MetricsWriter, NullMetrics
+from unimim.train.metrics import MetricsWriter, NullMetrics, check_loggers
 from unimim.train.optim import build_optimizer, peak_lr, weight_decay_schedule
 from unimim.train.run_dir import OutputError, describe_os_error, locked, make_run_dir, remove_partial_files, set_aside
 from unimim.train.schedules import cosine_with_warmup
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # schedule spans it, so a new length would jump the lr (end a job slice early with train.stop_after instead).
 # Not part of a run's identity either: train.out_dir (a moved or copied run directory resumes).
 RUNTIME_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
-                   "train.resume", "train.threads", "train.device", "train.stop_after")
+                   "train.resume", "train.threads", "train.device", "train.stop_after", "train.loggers",
+                   "train.wandb_project")
 # evaluation settings (probes, fine-tuning and its labelled task) never block resuming pretraining
 RESUMABLE_CHANGES = (*RUNTIME_CHANGES, "deepspeed.timeout_s", "probe.", "task.", "finetune.")
 
@@ -190,6 +191,7 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     (:class:`~unimim.train.interrupt.TrainingInterrupted`)."""
     run_dir = cfg.run_dir
     ckpt_path = run_dir / CHECKPOINT_NAME
+    check_loggers(cfg.train.loggers)  # a logger asked for and not installed: fail before the engine starts
     resolved = to_dict(cfg)
     n_params = sum(p.numel() for p in objective.parameters() if p.requires_grad)  # before ZeRO-3 partitions them
     world = dist_utils.launch_world_size() if cfg.deepspeed.enabled else 1
@@ -252,7 +254,8 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                          start=start * cfg.train.accumulate, num_workers=cfg.train.num_workers,
                          collate_fn=source.collate, rank=dist_utils.rank(), world_size=engine.world_size)
-    metrics = MetricsWriter(run_dir, start_step=start) if engine.is_main else NullMetrics()
+    metrics = (MetricsWriter(run_dir, start_step=start, loggers=cfg.train.loggers, run_name=cfg.name, config=resolved,
+                             wandb_project=cfg.train.wandb_project) if engine.is_main else NullMetrics())
     batches = iter(loader)
     watchdog: Any = contextlib.nullcontext()
     if engine.world_size > 1:  # a hung peer must not block this process past deepspeed.timeout_s, on any backend
