@@ -63,7 +63,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from unimim.app.finetune import finetune_run
 
     rest = list(args.overrides)
-    recipe = rest.pop(0) if rest and "=" not in rest[0] and rest[0].endswith((".yaml", ".yml")) else None
+    recipe = rest.pop(0) if rest and "=" not in rest[0] else None  # a fine-tune recipe: a file or a shipped name
     result = finetune_run(args.run_dir, recipe, rest, progress=not args.no_progress)
     print(result["table"])
     if result["complete"]:
