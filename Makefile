@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_RECIPE ?= recipes/image/data2vec2_fmnist_cpu.yaml
 DEMO_NAME ?= d2v2_fmnist
+DEMO_FINETUNE ?= recipes/image/finetune_fmnist_cpu.yaml
 RUNS ?= runs
 # Shell snippet: install the Debian packages listed in $$missing when root; otherwise name them and fail.
 APT_ENSURE = if [ -z "$$missing" ]; then exit 0; fi; \
@@ -32,7 +33,8 @@ TUXPAINT := /usr/share/tuxpaint/stamps
 	data-speech demo-speech demo-beit demo-ibot
 
 help:
-	@echo "make demo   - set up; data2vec on images, text and speech (CPU, ~30 min), each probed vs random weights"
+	@echo "make demo   - set up; data2vec on images, text and speech (CPU, ~30 min), each probed vs random weights;"
+	@echo "              the image encoder also fine-tuned vs the same model from scratch"
 	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~10 min), WordNet probe"
 	@echo "make demo-speech - data2vec on recorded speech (tuxpaint stamps, CPU ~9 min), keyword probe vs random"
 	@echo "make demo-beit - BEiT on Fashion-MNIST: train the dVAE tokenizer, then BEiT, then probe (CPU, ~12 min)"
@@ -66,6 +68,7 @@ toolchain:
 demo: install data
 	$(VENV)/bin/unimim pretrain $(DEMO_RECIPE) train.out_dir=$(RUNS)
 	$(VENV)/bin/unimim probe $(RUNS)/$(DEMO_NAME)
+	$(VENV)/bin/unimim finetune $(RUNS)/$(DEMO_NAME) $(DEMO_FINETUNE)
 	$(MAKE) --no-print-directory demo-text
 	$(MAKE) --no-print-directory demo-speech
 

@@ -59,7 +59,8 @@ class ModalitySpec:
             ``masking`` sections.
         build_adapter(adapter_cfg, encoder_cfg) -> adapter module.
         build_pretrain_source(data_cfg, mask_cfg, adapter_cfg) -> an ExampleSource (``example(i, rng) -> dict``).
-        build_eval_sets(data_cfg, adapter_cfg) -> (train, test) datasets of (inputs, label) for probes.
+        build_eval_sets(data_cfg, adapter_cfg) -> (train, test) datasets of (inputs, label) for probes of a
+            modality without ``build_task`` (probes read the task where there is one).
         collate: pretraining examples -> :class:`~unimim.core.batch.Batch`; probe items -> (inputs, labels).
         check(cfg): settings of the whole experiment config that only fail together (e.g. the data's image size
             against the adapter's), checked when the config loads.

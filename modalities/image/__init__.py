@@ -3,6 +3,7 @@
 from modalities.base import ModalitySpec
 from modalities.image.data.dataset import ImageDataConfig
 from modalities.image.data.source import build_eval_sets, build_pretrain_source, check_experiment, collate
+from modalities.image.data.task import ImageTaskConfig, build_task
 from modalities.image.masking import ImageMaskConfig
 from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
 
@@ -16,6 +17,8 @@ IMAGE = ModalitySpec(
     build_eval_sets=build_eval_sets,
     collate=collate,
     check=check_experiment,
+    task_config=ImageTaskConfig,
+    build_task=build_task,
     tiny=(
         "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "encoder.drop_path=0.1",
         "adapter.image_size=16", "adapter.patch_size=4", "adapter.in_chans=1",
@@ -23,5 +26,6 @@ IMAGE = ModalitySpec(
         "data.synthetic_size=64", "masking.min_block=2",
         "train.batch_size=8", "train.steps=3", "train.num_workers=0", "train.log_every=1",
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+        "task.limit_train=64", "task.limit_test=32", "finetune.batch_size=16", "finetune.steps=4",
     ),
 )

@@ -19,7 +19,8 @@ from unimim.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in ROOT.joinpath("recipes").rglob("*.yaml")  # the bases of recipes (image/_base/) are
-                 if not any(part.startswith("_") for part in p.relative_to(ROOT).parts))  # run through them
+                 if not any(part.startswith("_") for part in p.relative_to(ROOT).parts)  # run through them
+                 and not p.name.startswith("finetune_"))  # fine-tune recipes: tests/app/test_finetune_recipes.py
 
 
 def tiny(recipe: Path, tmp_path: Path, *extra: str):
@@ -154,8 +155,9 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     (root / "empty.png").write_bytes(b"")
     (root / "text.png").write_text("not an image")
     (root / "zz.jpg").write_bytes(b"\xff\xd8\xff")
-    cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "data.source=folder",
-               f"data.root={tmp_path / 'images'}", "train.steps=2")  # 16 files, 2 batches of 8 = one epoch
+    cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "data.source=folder",  # a flat folder:
+               f"data.root={tmp_path / 'images'}", "data.split=null",  # data.split null
+               "train.steps=2")  # 16 files, 2 batches of 8 = one epoch
     result = pretrain(cfg, progress=False)
     assert len(result.losses) == 2
     assert read_metrics(result.run_dir)[-1]["skipped_inputs"] == 6

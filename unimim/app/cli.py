@@ -4,6 +4,8 @@
         [--deepspeed CONFIG.json]                      ... under DeepSpeed (= deepspeed.enabled=true
                                                        deepspeed.config=CONFIG.json); start it with a launcher
     unimim probe RUN_DIR [key.sub=value ...]           linear probe + kNN, pretrained vs random weights
+    unimim finetune RUN_DIR [RECIPE.yaml] [key=value]  fine-tune the encoder on a labelled task, and the same
+                                                       architecture from random init; RUN_DIR/finetune/<task>/
     unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config (base: chains merged)
     unimim recipes                                     list the shipped recipes (RECIPE may be one of their names,
                                                        e.g. image/mae_fmnist_cpu, wherever a recipe path is taken)
@@ -55,6 +57,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     result = probe_run(args.run_dir, args.overrides, progress=not args.no_progress)
     print(result["table"])
     log.info("wrote %s/probe.json", args.run_dir)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from unimim.app.finetune import finetune_run
+
+    rest = list(args.overrides)
+    recipe = rest.pop(0) if rest and "=" not in rest[0] else None  # a fine-tune recipe: a file or a shipped name
+    result = finetune_run(args.run_dir, recipe, rest, progress=not args.no_progress)
+    print(result["table"])
+    if result["complete"]:
+        log.info("wrote %s/finetune.json", result["task_dir"])
     return 0
 
 
@@ -152,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config (e.g. probe.epochs=50)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("finetune", help="fine-tune a run's encoder on a labelled task vs the same model from scratch")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", metavar="[RECIPE.yaml] key.sub=value",
+                   help="a fine-tune recipe (finetune / task / train sections), then overrides "
+                        "(e.g. finetune.epochs=5)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)
     p = sub.add_parser("config", help="print the resolved config of a recipe")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")

@@ -15,6 +15,8 @@ deepspeed: {...}            # DeepSpeedConfig (enabled: true runs the recipe und
 probe:    {...}             # ProbeConfig
 init: hf:PATH | timm:NAME@FILE | run:RUN_DIR   # start from these weights (continued pretraining, unimim.app.init)
 init_sha256: ...            # written by the run: the SHA-256 of the init weights (checked when given)
+finetune: {...}             # FinetuneConfig (`unimim finetune RUN_DIR`)
+task:     {...}             # the modality's labelled task (fine-tuning and probes), where it declares one
 ```
 """
 
@@ -28,6 +30,7 @@ from typing import Any, Literal
 from unimim.app.recipes import find_recipe, resolve_recipe
 from unimim.app.registry import MODALITIES, OBJECTIVES
 from unimim.config import ConfigError, load_config, read_yaml
+from unimim.eval.finetune.config import FinetuneConfig
 from unimim.eval.probe import ProbeConfig
 from unimim.nn.encoder import EncoderConfig
 from unimim.train.ds_engine import DeepSpeedConfig
@@ -72,6 +75,7 @@ class ExperimentBase:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     init: str | None = None           # hf:PATH | timm:NAME@FILE | run:RUN_DIR: the student's (and teacher's) first
                                       # weights (unimim.app.init); a resumed run takes its checkpoint instead
@@ -104,16 +108,15 @@ def experiment_type(modality: str, objective: str) -> type:
     spec, obj = MODALITIES[modality], OBJECTIVES[objective]
     if modality not in obj.modalities:
         raise ConfigError(f"objective {objective!r} supports modalities {obj.modalities}, not {modality!r}")
-    return make_dataclass(
-        f"ExperimentConfig_{modality}_{objective}",
-        [
-            ("adapter", spec.adapter_config, field(default_factory=spec.adapter_config)),
-            ("masking", spec.mask_config, field(default_factory=spec.mask_config)),
-            ("data", spec.data_config, field(default_factory=spec.data_config)),
-            ("method", obj.config, field(default_factory=obj.config)),
-        ],
-        bases=(ExperimentBase,),
-    )
+    sections = [
+        ("adapter", spec.adapter_config, field(default_factory=spec.adapter_config)),
+        ("masking", spec.mask_config, field(default_factory=spec.mask_config)),
+        ("data", spec.data_config, field(default_factory=spec.data_config)),
+        ("method", obj.config, field(default_factory=obj.config)),
+    ]
+    if spec.task_config is not None:  # the labelled data of fine-tuning and probes
+        sections.append(("task", spec.task_config, field(default_factory=spec.task_config)))
+    return make_dataclass(f"ExperimentConfig_{modality}_{objective}", sections, bases=(ExperimentBase,))
 
 
 def _root_type(raw: dict[str, Any]) -> type:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from unimim.app.experiment import config_from_dict
 from unimim.app.registry import MODALITIES, build_objective
@@ -42,6 +43,20 @@ def load_pretrained(run_dir: str | Path, cfg: Any, device: torch.device) -> torc
     return objective.to(device).eval()
 
 
+def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], Any]:
+    """(train, test, collate, token_padding) of the probes: the config's labelled task (``task`` section, the
+    deterministic eval transform on both splits) where the modality declares one, else its ``build_eval_sets``."""
+    spec = MODALITIES[cfg.modality]
+    if spec.build_task is not None and hasattr(cfg, "task"):
+        task = spec.build_task(cfg.task, cfg, False)
+        if task.kind != "classification":
+            raise ConfigError(f"the probes classify pooled features; task {task.name!r} is a {task.kind} task "
+                              "(fine-tune it with `unimim finetune`, or set task.* to a classification task)")
+        return task.train, task.test, task.eval_collate, task.token_padding
+    train_set, test_set = spec.build_eval_sets(cfg.data, cfg.adapter)
+    return train_set, test_set, spec.collate, None
+
+
 def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Probe the run's student encoder and a randomly initialised twin; write probe.json; return the results."""
     run_dir = Path(run_dir)
@@ -51,11 +66,11 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
     spec = MODALITIES[cfg.modality]
     if spec.bind_run_dir is not None:  # evaluate with the run's own copy of its inputs (the text tokenizer)
         spec.bind_run_dir(cfg.data, run_dir)
-    train_set, test_set = spec.build_eval_sets(cfg.data, cfg.adapter)
+    train_set, test_set, collate, token_padding = probe_sets(cfg)
 
     def loader(ds):
         return DataLoader(ds, batch_size=max(cfg.train.batch_size, 256), shuffle=False,
-                          num_workers=cfg.train.num_workers, collate_fn=spec.collate)
+                          num_workers=cfg.train.num_workers, collate_fn=collate)
 
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     seed_everything(cfg.train.seed)
@@ -74,7 +89,7 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
             encode = model.encode if pcfg.layers is None else partial(model.encode, layers=pcfg.layers)
             feats[split] = extract_features(encode, loader(ds), pool=pcfg.pool,
                                             num_prefix_tokens=model.num_prefix_tokens, device=device, dtype=dtype,
-                                            progress=progress)
+                                            progress=progress, token_padding=token_padding)
         (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
         # the probes run where the encoder ran (features come back on the CPU): seconds on a GPU, not minutes
         xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))

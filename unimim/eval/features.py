@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from unimim.core.batch import Batch
+
 logger = logging.getLogger(__name__)
 
 PoolMode = Literal["mean", "cls", "mean_cls"]
@@ -104,6 +106,10 @@ def _to_device(x: Any, device: torch.device) -> Any:
 
 def _unpack(item: Any) -> tuple[Any, Any, Tensor | None]:
     """Split a loader item into ``(inputs, labels, padding_mask or None)``."""
+    if isinstance(item, Batch):
+        if item.labels is None:
+            raise ValueError("a labelled task's batches need labels (Batch.labels)")
+        return item.inputs, item.labels, item.padding_mask
     if isinstance(item, Mapping):
         missing = [k for k in ("inputs", "labels") if k not in item]
         if missing:
@@ -128,6 +134,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    token_padding: Callable[[Tensor | None, int], Tensor | None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run a frozen encoder over a loader and pool its tokens into one feature vector per sample.
 
@@ -136,7 +143,8 @@ def extract_features(
     Args:
         encode: ``encode(inputs) -> (B, T, D)`` token features, prefix tokens first. For dict batches with
             a ``padding_mask`` it is called as ``encode(inputs, padding_mask)``.
-        loader: iterable of ``(inputs, labels)`` pairs or dicts ``{"inputs", "labels", "padding_mask"?}``;
+        loader: iterable of :class:`~unimim.core.batch.Batch` (a labelled task's), ``(inputs, labels)`` pairs or
+            dicts ``{"inputs", "labels", "padding_mask"?}``;
             ``labels`` is (B,) integer, ``padding_mask`` is (B, T) or (B, T - num_prefix_tokens) bool,
             ``True`` = padding. Padded tokens are excluded from mean pooling.
         pool: ``"mean"``, ``"cls"`` or ``"mean_cls"`` (see :func:`pool_tokens`).
@@ -144,6 +152,9 @@ def extract_features(
         device: device the inputs are moved to before ``encode``.
         dtype: if given (e.g. ``torch.bfloat16``), ``encode`` runs under ``torch.autocast(device_type, dtype)``.
         progress: show a tqdm progress bar.
+        token_padding: ``(input padding_mask, N) -> (B, N)`` padding of the N non-prefix tokens, for an input-level
+            padding mask that is not the token padding (speech: samples vs frames; see
+            :class:`~unimim.eval.task.LabelledTask`); None: the padding mask is the token padding.
 
     Returns:
         ``(features, labels)``: (S, D') float32 and (S,) long, both on CPU, where S is the number of samples
@@ -169,8 +180,11 @@ def extract_features(
                 tokens = encode(inputs)
         if not isinstance(tokens, Tensor):
             raise ValueError(f"encode must return a Tensor of shape (B, T, D), got {type(tokens).__name__}")
+        token_pad = padding_mask
+        if padding_mask is not None and token_padding is not None:
+            token_pad = token_padding(padding_mask, tokens.shape[1] - num_prefix_tokens)  # (B, N)
         pooled = pool_tokens(
-            tokens.float(), pool=pool, num_prefix_tokens=num_prefix_tokens, padding_mask=padding_mask
+            tokens.float(), pool=pool, num_prefix_tokens=num_prefix_tokens, padding_mask=token_pad
         )  # (B, D')
         y = torch.as_tensor(y).reshape(-1)
         if y.shape[0] != pooled.shape[0]:

@@ -64,6 +64,11 @@ class Objective(nn.Module):
         """
         return encode_with(self.adapter, self.encoder, inputs, padding_mask, layers)
 
+    def encoding_backbone(self) -> nn.Module:
+        """The module holding every weight ``encode`` uses: what fine-tuning trains and saves (an objective that
+        encodes with another module, e.g. iBOT's EMA teacher, returns that one)."""
+        return self.backbone
+
     def update_teacher(self, step: int) -> dict[str, float]:
         """Called by the loop after every optimizer step (``step`` = completed updates). No-op without a teacher."""
         return {}
@@ -82,6 +87,15 @@ class EncoderObjective(nn.Module):
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
                layers: Sequence[int] | None = None) -> Tensor:
         raise NotImplementedError
+
+    def encoding_backbone(self) -> nn.Module:
+        """The module holding every weight ``encode`` uses (see :meth:`Objective.encoding_backbone`); ``backbone``
+        where the subclass has one, else a clear error: such an objective cannot be fine-tuned."""
+        backbone = getattr(self, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ValueError(f"{type(self).__name__} has no backbone to fine-tune (its encode features are not "
+                             "those of an encoder meant for downstream tasks)")
+        return backbone
 
     def update_teacher(self, step: int) -> dict[str, float]:
         return {}

@@ -50,6 +50,7 @@ def train_loop(
     progress: bool = True,
     last_checkpoint: str | None = None,
     stop_requested: Callable[[], int | None] | None = None,
+    desc: str = "pretrain",
 ) -> list[float]:
     """Run optimizer steps ``start_step .. total_steps - 1``; return the per-step mean losses.
 
@@ -62,7 +63,7 @@ def train_loop(
     losses: list[float] = []
     last_ckpt = last_checkpoint or "none (no checkpoint written yet)"
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and engine.is_main), dynamic_ncols=True,
-               desc="pretrain")
+               desc=desc)
     t0, n0 = time.perf_counter(), start_step
     skipped = 0  # unreadable inputs passed over by the data pipeline (Batch.skipped)
     for step in range(start_step, total_steps):

@@ -9,6 +9,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 # keys that may differ between a run and its resumption without changing the trajectory. Not train.steps: the lr
 # schedule spans it, so a new length would jump the lr (end a job slice early with train.stop_after instead).
 # Not part of a run's identity either: train.out_dir (a moved or copied run directory resumes).
-RESUMABLE_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
-                     "train.resume", "train.threads", "train.device", "train.stop_after", "deepspeed.timeout_s",
-                     "probe.", "train.loggers", "train.wandb_project")
+RUNTIME_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
+                   "train.resume", "train.threads", "train.device", "train.stop_after", "train.loggers",
+                   "train.wandb_project")
+# evaluation settings (probes, fine-tuning and its labelled task) never block resuming pretraining
+RESUMABLE_CHANGES = (*RUNTIME_CHANGES, "deepspeed.timeout_s", "probe.", "task.", "finetune.")
 
 
 @dataclass
@@ -64,9 +67,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_resumable(saved: dict[str, Any], current: dict[str, Any],
+                    allowed: tuple[str, ...] = RESUMABLE_CHANGES) -> None:
+    """A :class:`ConfigError` naming the keys (outside the ``allowed`` prefixes) in which ``current`` differs."""
     a, b = _flatten(saved), _flatten(current)
-    diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(allowed)]
     if diffs:
         detail = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diffs[:8])
         hint = (" The lr schedule spans train.steps: keep it, and end a job early with train.stop_after=N."
@@ -167,11 +172,18 @@ def prepare_process(cfg: Any) -> None:
     seed_everything(cfg.train.seed)
 
 
-def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource, *,
-                    progress: bool = True) -> PretrainResult:
+def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource, *, progress: bool = True,
+                    optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
+                    resumable: tuple[str, ...] = RESUMABLE_CHANGES, desc: str = "pretrain") -> PretrainResult:
     """Train ``objective`` on ``source`` (its ``collate`` makes the batches) as ``cfg`` (an experiment config) says,
     in ``cfg.run_dir``; resume from its checkpoint when asked. Call it inside :func:`run_context`, and
     :func:`prepare_process` before building the parts.
+
+    Any trainable module runs here (fine-tuning does): ``objective(batch) -> output with .loss`` and
+    ``update_teacher(step) -> dict``; ``cfg`` needs ``run_dir``, ``train``, ``optim``, ``deepspeed``, ``modality``,
+    ``objective`` and ``effective_batch``. ``optimizer(module)`` replaces :func:`build_optimizer` (e.g. layer-wise
+    lr decay groups; single process only), ``resumable`` names the config keys that may change on resuming, and
+    ``desc`` labels the progress bar.
 
     With ``deepspeed.enabled`` every process of the job runs this (started by a launcher, recipes/launch/); each
     trains on its shard of every global batch of ``train.batch_size x train.accumulate x processes`` examples.
@@ -188,11 +200,14 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     schedule = cosine_with_warmup(lr, cfg.optim.min_lr, cfg.train.steps, cfg.optim.warmup_steps)
     wd_schedule = weight_decay_schedule(cfg.optim, cfg.train.steps)
     if cfg.deepspeed.enabled:
+        if optimizer is not None:
+            raise ValueError("a custom optimizer is not supported under DeepSpeed")
         engine = _build_deepspeed(cfg, objective, schedule, wd_schedule)
         store = DeepSpeedCheckpoints(engine, run_dir, resolved)
     else:
         engine = SingleProcessEngine(
-            objective, build_optimizer(objective, cfg.optim), schedule, device=resolve_device(cfg.train.device),
+            objective, (optimizer or partial(build_optimizer, cfg=cfg.optim))(objective), schedule,
+            device=resolve_device(cfg.train.device),
             accumulate=cfg.train.accumulate, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode,
             wd_schedule=wd_schedule, precision=cfg.train.precision,
         )
@@ -203,12 +218,12 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     start = 0
     if cfg.deepspeed.enabled:
         if cfg.train.resume:
-            start = store.resume(check_resumable)
+            start = store.resume(partial(check_resumable, allowed=resumable))
         save = store.save
     else:
         if cfg.train.resume and ckpt_path.is_file():
             ckpt = load_checkpoint(ckpt_path, map_location=engine.device)
-            check_resumable(ckpt["config"], resolved)
+            check_resumable(ckpt["config"], resolved, resumable)
             objective.load_state_dict(ckpt["model"])
             engine.load_state_dict(ckpt["engine"])
             set_rng_state(ckpt["rng"])
@@ -252,7 +267,7 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
                 objective, engine, batches, start_step=start, total_steps=end,
                 accumulate=cfg.train.accumulate, samples_per_step=global_batch,
                 log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, save=save,
-                metrics=metrics, progress=progress, stop_requested=stop_requested,
+                metrics=metrics, progress=progress, stop_requested=stop_requested, desc=desc,
                 last_checkpoint=f"{ckpt_path} (step {start})" if start else None,
             )
     except RuntimeError as e:

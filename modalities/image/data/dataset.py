@@ -53,7 +53,7 @@ class ImageDataConfig:
 
     source: Literal["fashion_mnist", "folder", "synthetic"] = "fashion_mnist"
     root: str = "/usr/share/datasets/fashion-mnist"  # IDX dir for fashion_mnist, ImageFolder root for folder
-    split: str = "train"  # fashion_mnist: train | test; folder: subdirectory of root if it exists, else root
+    split: str | None = "train"  # fashion_mnist: train | test; folder: the subdirectory of root (null: root itself)
     image_size: int = 28  # output side in pixels
     channels: int = 1  # 1 ("L") or 3 ("RGB"); every image is converted to this mode
     crop_scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop scale for pretraining views
@@ -233,6 +233,21 @@ def eval_transform(cfg: ImageDataConfig) -> T.Compose:
 # -------------------------------------------------------------------------------------------- builder
 
 
+def split_folder(root: str | Path, split: str) -> Path:
+    """``root/split``, which must be a directory: never a silent fall-back to ``root`` (whose class folders would
+    then be the split folders). A missing one is a :class:`FileNotFoundError` naming the folders found."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    path = root / split
+    if not path.is_dir():
+        found = sorted(e.name for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
+        raise FileNotFoundError(f"image folder {root} has no split folder {split!r} (folders found: "
+                                f"{', '.join(found) if found else 'none'}); a labelled folder holds train/ and val/ "
+                                "(or test/), each with one folder per class (data.split: null reads root itself)")
+    return path
+
+
 def build_image_dataset(
     cfg: ImageDataConfig, split: str | None = None, transform: Callable[[Image.Image], Tensor] | None = None
 ) -> Dataset:
@@ -241,20 +256,19 @@ def build_image_dataset(
     Without ``transform`` items are raw ``(PIL.Image in cfg.mode, int label)``; with one, the data set is an
     :class:`ImageDataset` whose items are ``(transform(image), int label)``.
 
-    For ``folder``, ``root/split`` is used when it is a directory, else ``root`` itself. For ``synthetic``,
-    the seed is derived from the split name so that train and test images differ.
+    For ``folder``, the images of ``root/split`` (``split`` None: ``root`` itself); a split folder that does not
+    exist is a :class:`FileNotFoundError` naming the folders found. For ``synthetic``, the seed is derived from the
+    split name so that train and test images differ.
     """
     split = cfg.split if split is None else split
     if cfg.source == "fashion_mnist":
-        base: Dataset = FashionMNIST(cfg.root, split, mode=cfg.mode, limit=cfg.limit)
+        base: Dataset = FashionMNIST(cfg.root, split or "train", mode=cfg.mode, limit=cfg.limit)
     elif cfg.source == "folder":
-        root = Path(cfg.root)
-        if split and (root / split).is_dir():
-            root = root / split
+        root = Path(cfg.root) if split is None else split_folder(cfg.root, split)
         base = ImageFolder(root, mode=cfg.mode, limit=cfg.limit)
     elif cfg.source == "synthetic":
         n = cfg.synthetic_size if cfg.limit is None else min(cfg.synthetic_size, cfg.limit)
-        base = SyntheticImages(n, cfg.image_size, cfg.channels, seed=zlib.crc32(split.encode()))
+        base = SyntheticImages(n, cfg.image_size, cfg.channels, seed=zlib.crc32((split or "train").encode()))
     else:
         raise ValueError(f"unknown image data source {cfg.source!r}; valid sources: {', '.join(SOURCES)}")
     logger.info("image data: source=%s split=%s samples=%d", cfg.source, split, len(base))  # type: ignore[arg-type]
@@ -278,5 +292,6 @@ __all__ = [
     "pretrain_transform",
     "read_idx",
     "read_sample",
+    "split_folder",
     "to_mode",
 ]

@@ -96,8 +96,13 @@ class IBOT(TeacherStudentObjective):
                layers: Sequence[int] | None = None) -> Tensor:
         """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone (``layers``: see
         :meth:`Objective.encode`)."""
-        backbone = self.teacher.module["backbone"] if self.cfg.encode_with == "teacher" else self.backbone
+        backbone = self.encoding_backbone()
         return encode_with(backbone["adapter"], backbone["encoder"], inputs, padding_mask, layers)
+
+    def encoding_backbone(self) -> nn.Module:
+        """The teacher's backbone (``encode_with: teacher``, the default) or the student's: what ``encode`` runs and
+        fine-tuning trains."""
+        return self.teacher.module["backbone"] if self.cfg.encode_with == "teacher" else self.backbone
 
     @torch.no_grad()
     def teacher_scores(self, views: Tensor) -> Tensor:

@@ -235,8 +235,11 @@ def test_image_folder_loose_files_and_limit(tmp_path: Path) -> None:
     ds = ImageFolder(tmp_path, mode="RGB")
     assert ds.classes == ["a", "b"]
     assert {p.name: label for p, label in ds.samples} == {"loose.bmp": UNLABELED, "x.pgm": 1, "y.png": 0}
-    cfg = ImageDataConfig(source="folder", root=str(tmp_path), split="train", channels=3, limit=2)
-    assert len(build_image_dataset(cfg)) == 2  # no "train" subdirectory: root itself
+    cfg = ImageDataConfig(source="folder", root=str(tmp_path), split=None, channels=3, limit=2)
+    assert len(build_image_dataset(cfg)) == 2  # split None: root itself
+    cfg = ImageDataConfig(source="folder", root=str(tmp_path), split="train", channels=3)
+    with pytest.raises(FileNotFoundError, match=r"no split folder 'train' \(folders found: a, b\)"):
+        build_image_dataset(cfg)  # never a silent fall-back to root (whose class folders would be the splits)
 
 
 # ----------------------------------------------------------------------------------- config, transforms
@@ -304,7 +307,7 @@ def test_skipped_count_depends_on_the_files_not_the_workers(tmp_path: Path) -> N
         _save(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)), tmp_path / f"im{i}.png")
     (tmp_path / "im2.png").write_text("not an image")
     (tmp_path / "im3.png").write_bytes(b"")  # next to im2: the example of im2 passes over both
-    cfg = ImageDataConfig(source="folder", root=str(tmp_path), image_size=8)
+    cfg = ImageDataConfig(source="folder", root=str(tmp_path), split=None, image_size=8)
     dataset = build_image_dataset(cfg, transform=eval_transform(cfg))
     src = ImagePretrainSource(dataset, build_mask_generator(ImageMaskConfig(kind="random", ratio=0.5), (2, 2)))
 

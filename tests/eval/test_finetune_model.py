@@ -1,0 +1,226 @@
+"""Fine-tuning model parts against independent references: layer-wise lr decay against hand-computed multipliers
+(MAE ``util/lr_decay.py`` semantics), the classification model against timm's ``VisionTransformer`` with the same
+weights (loaded through the converter), and the CTC stand-in against hand-worked examples."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from modalities.image.interop.convert_timm import load_timm_vit
+from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
+from unimim.core.batch import Batch
+from unimim.eval.finetune import FinetuneConfig, FinetuneModel, build_layer_decay_optimizer, param_groups_lrd
+from unimim.eval.finetune.ctc_standin import error_rate, greedy_decode
+from unimim.nn.encoder import EncoderConfig, TransformerEncoder
+from unimim.objectives.base import encode_with
+from unimim.train.optim import OptimConfig, set_hyperparameters
+
+timm = pytest.importorskip("timm")
+
+
+def _backbone(depth: int, final_norm: bool = True) -> nn.ModuleDict:
+    enc = EncoderConfig(dim=16, depth=depth, num_heads=2, final_norm=final_norm)
+    adapter = ImageAdapter(ImageAdapterConfig(image_size=8, patch_size=4, in_chans=1), dim=16, num_heads=2)
+    return nn.ModuleDict({"adapter": adapter, "encoder": TransformerEncoder(enc)})
+
+
+def _model(backbone: nn.ModuleDict, depth: int, **cfg) -> FinetuneModel:
+    return FinetuneModel(backbone, partial(encode_with, backbone["adapter"], backbone["encoder"]),
+                         kind="classification", num_classes=3, dim=backbone["encoder"].cfg.dim,
+                         num_prefix_tokens=1, num_layers=depth, cfg=FinetuneConfig(**cfg))
+
+
+# layer 0 = adapter (patch embedding, cls token, positions), i + 1 = block i, L + 1 = final norm, fc_norm, head;
+# scale = decay^(L + 1 - layer): worked out by hand
+HAND = {
+    (2, 0.5): {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0},
+    (3, 0.65): {0: 0.17850625, 1: 0.274625, 2: 0.4225, 3: 0.65, 4: 1.0},
+}
+
+
+@pytest.mark.parametrize(("depth", "decay"), sorted(HAND))
+def test_layer_decay_assigns_the_published_multipliers(depth, decay):
+    model = _model(_backbone(depth), depth, layer_decay=decay)
+
+    def expected_layer(name: str) -> int:
+        if name.startswith("backbone.adapter."):
+            return 0
+        for i in range(depth):
+            if name.startswith(f"backbone.encoder.blocks.{i}."):
+                return i + 1
+        assert name.startswith(("backbone.encoder.norm.", "fc_norm.", "head.")), name
+        return depth + 1
+
+    groups = param_groups_lrd(model.named_parameters(), depth, layer_decay=decay, weight_decay=0.05)
+    seen = 0
+    for g in groups:
+        for name in g["names"]:
+            seen += 1
+            assert g["lr_scale"] == pytest.approx(HAND[(depth, decay)][expected_layer(name)]), name
+            p = dict(model.named_parameters())[name]
+            decayed = p.ndim >= 2 and not name.endswith(("cls_token", "mask_token", "pos_embed"))
+            assert g["weight_decay"] == (0.05 if decayed else 0.0), name  # no decay: biases, norms, tokens, positions
+    assert seen == sum(1 for _ in model.parameters())
+    # the engine's per-step lr is lr x lr_scale
+    opt = build_layer_decay_optimizer(model, OptimConfig(weight_decay=0.05), depth=depth, layer_decay=decay)
+    set_hyperparameters(opt, 1e-3, None)
+    head = next(g for g in opt.param_groups if any(p is model.head.weight for p in g["params"]))
+    patch = next(g for g in opt.param_groups
+                 if any(p is model.backbone["adapter"].patch_embed.weight for p in g["params"]))
+    assert head["lr"] == pytest.approx(1e-3) and patch["lr"] == pytest.approx(1e-3 * HAND[(depth, decay)][0])
+
+
+def test_layer_decay_without_blocks_is_refused_and_one_rate_works():
+    stages = nn.ModuleDict({"swin": nn.ModuleDict({"layers": nn.ModuleList([nn.Linear(4, 4)])})})
+    with pytest.raises(ValueError, match="finetune.layer_decay=1.0"):
+        build_layer_decay_optimizer(stages, OptimConfig(), depth=0, layer_decay=0.65)
+    opt = build_layer_decay_optimizer(stages, OptimConfig(), depth=0, layer_decay=1.0)
+    assert {g["lr_scale"] for g in opt.param_groups} == {1.0}
+
+
+@pytest.mark.parametrize("pool", ["avg", "token"])
+def test_classification_logits_equal_timm_vit(pool):
+    """Same weights, same pooling, fc_norm and head: the logits of timm's ViT (avg: mean of patch tokens + fc_norm,
+    no final norm; token: final norm + cls token)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    ref = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2,
+                            num_heads=2, global_pool=pool).eval()
+    with torch.no_grad():  # non-trivial norms and head
+        for name, p in ref.named_parameters():
+            if "norm" in name or name.startswith("head"):
+                p.add_(0.3 * torch.randn_like(p))
+    backbone = load_timm_vit(ref)
+    if pool == "avg":  # a pretrained encoder keeps its final norm: fine-tuning with fc_norm must skip it
+        full = nn.ModuleDict({"adapter": backbone["adapter"],
+                              "encoder": TransformerEncoder(EncoderConfig(**{**vars(backbone["encoder"].cfg),
+                                                                            "final_norm": True}))})
+        missing = full["encoder"].load_state_dict(backbone["encoder"].state_dict(), strict=False).missing_keys
+        assert missing == ["norm.weight", "norm.bias"]
+        backbone = full
+    model = FinetuneModel(backbone, partial(encode_with, backbone["adapter"], backbone["encoder"]),
+                          kind="classification", num_classes=5, dim=32, num_prefix_tokens=1, num_layers=2,
+                          cfg=FinetuneConfig(pool="mean" if pool == "avg" else "cls", fc_norm=pool == "avg"))
+    state = {"head.weight": ref.head.weight, "head.bias": ref.head.bias}
+    if pool == "avg":
+        state |= {"fc_norm.weight": ref.fc_norm.weight, "fc_norm.bias": ref.fc_norm.bias}
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    x = torch.randn(3, 1, 16, 16)
+    logits, _ = model.logits(Batch(inputs=x, labels=torch.zeros(3, dtype=torch.long)))
+    with torch.no_grad():
+        expected = ref(x)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_head_init_follows_the_references():
+    torch.manual_seed(0)
+    mae = _model(_backbone(2), 2, head_init_std=2e-5)
+    beit = _model(_backbone(2), 2, head_init_std=0.02, head_init_scale=0.001)
+    for m in (mae, beit):
+        assert float(m.head.weight.detach().std()) == pytest.approx(2e-5, rel=0.35)
+        assert float(m.head.bias.detach().abs().max()) == 0.0
+
+
+def test_mixup_needs_even_batches_and_images():
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        FinetuneConfig(mixup=0.8, batch_size=5)
+    model = _model(_backbone(2), 2, mixup=0.8, cutmix=1.0).train()
+    out = model(Batch(inputs=torch.randn(4, 1, 8, 8), labels=torch.tensor([0, 1, 2, 0])))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.backbone["encoder"].blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_ctc_standin_greedy_decode_and_error_rate():
+    # frames: a a blank a b b (blank = 0) -> [a, a, b]; with 4 valid frames -> [a, a]
+    ids = torch.tensor([[1, 1, 0, 1, 2, 2]])
+    logits = torch.nn.functional.one_hot(ids, 3).float()
+    assert greedy_decode(logits) == [[1, 1, 2]]
+    assert greedy_decode(logits, torch.tensor([4])) == [[1, 1]]
+    # kitten -> sitting: 3 edits over 6 reference symbols; plus an exact match of 2
+    assert error_rate([list("kitten"), [1, 2]], [list("sitting"), [1, 2]]) == (3, 8)
+
+
+def _ctc_brute_force(log_probs: torch.Tensor, target: list[int]) -> float:
+    """-log sum over every frame labelling that collapses (repeats merged, blanks 0 dropped) to ``target``, divided
+    by the target length: (T, V) log-probabilities of one example, enumerated path by path."""
+    import itertools
+
+    t, v = log_probs.shape
+    total = []
+    for path in itertools.product(range(v), repeat=t):
+        out, prev = [], None
+        for s in path:
+            if s != prev and s != 0:
+                out.append(s)
+            prev = s
+        if out == target:
+            total.append(sum(float(log_probs[i, s]) for i, s in enumerate(path)))
+    return -float(torch.logsumexp(torch.tensor(total, dtype=torch.float64), 0)) / len(target)
+
+
+def test_ctc_head_loss_lengths_and_decoding():
+    """Per-token head on the 4 patch tokens; example 1 has 2 valid frames (token padding) and a padded target:
+    the loss equals the enumerated CTC probability of each example, averaged."""
+    from unimim.core.batch import LABEL_PAD
+    from unimim.eval.finetune import evaluate
+
+    torch.manual_seed(0)
+    backbone = _backbone(2)
+
+    def encode(x, padding_mask=None, layers=None):  # images: the padding mask is the task's frame padding only
+        return encode_with(backbone["adapter"], backbone["encoder"], x, None, layers)
+
+    def token_padding(pm, n):  # (B, 4) input padding -> (B, n) token padding
+        return pm[:, :n]
+
+    model = FinetuneModel(backbone, encode, kind="ctc", num_classes=3, dim=16, num_prefix_tokens=1, num_layers=2,
+                          cfg=FinetuneConfig(head_init_std=1.0), token_padding=token_padding).eval()
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    labels = torch.tensor([[1, 2], [2, LABEL_PAD]])
+    batch = Batch(inputs=torch.randn(2, 1, 8, 8), padding_mask=pad, labels=labels)
+    logits, lengths = model.logits(batch)
+    assert logits.shape == (2, 4, 3) and lengths.tolist() == [4, 2]
+    lp = torch.log_softmax(logits.detach().double(), dim=-1)
+    expected = (_ctc_brute_force(lp[0], [1, 2]) + _ctc_brute_force(lp[1, :2], [2])) / 2
+    assert float(model(batch).loss.detach()) == pytest.approx(expected, rel=1e-4)
+    out = evaluate(model, [batch], device=torch.device("cpu"), progress=False)
+    assert out["labels"] == [[1, 2], [2]] and out["predictions"] == greedy_decode(logits, lengths)
+    assert out["total"] == 3 and out["error_rate"] == pytest.approx(out["errors"] / 3)
+
+
+def test_fine_tuning_trains_the_backbone_and_the_head_through_the_engine():
+    """Dark vs bright images: 30 steps of the engine with layer-decay groups learn the task, and every block moved
+    (the backbone is trained, at its decayed rate)."""
+    import numpy as np
+
+    from unimim.train.engine import SingleProcessEngine
+
+    torch.manual_seed(0)
+    depth = 2
+    model = _model(_backbone(depth), depth, layer_decay=0.75, drop_path=0.0, label_smoothing=0.0)
+    opt = build_layer_decay_optimizer(model, OptimConfig(weight_decay=0.05), depth=depth, layer_decay=0.75)
+    engine = SingleProcessEngine(model, opt, np.full(30, 3e-3), device=torch.device("cpu"), precision="fp32")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    labels = torch.arange(32) % 2
+    inputs = torch.randn(32, 1, 8, 8) * 0.5 + (labels.float() * 2 - 1).view(-1, 1, 1, 1)
+    batch = Batch(inputs=inputs, labels=labels)
+    model.train()
+    losses = []
+    for step in range(30):
+        out = engine.model(batch)
+        engine.backward(out.loss)
+        engine.step(step)
+        losses.append(float(out.loss.detach()))
+    model.eval()
+    logits, _ = model.logits(batch)
+    assert losses[-1] < 0.3 < 0.6 < losses[0] and bool((logits.argmax(-1) == labels).all())
+    for i in range(depth):
+        w = f"backbone.encoder.blocks.{i}.attn.qkv.weight"
+        assert not torch.equal(before[w], dict(model.named_parameters())[w]), w
