@@ -93,11 +93,11 @@ class IBOT(TeacherStudentObjective):
         self.attach_teacher(nn.ModuleDict({"backbone": self.backbone, "head": self.head}), cfg.ema)
 
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
-               layers: Sequence[int] | None = None, *, mask: Tensor | None = None) -> Tensor:
+               layers: Sequence[int] | None = None) -> Tensor:
         """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone (``layers``: see
         :meth:`Objective.encode`)."""
         backbone = self.teacher.module["backbone"] if self.cfg.encode_with == "teacher" else self.backbone
-        return encode_with(backbone["adapter"], backbone["encoder"], inputs, padding_mask, layers, mask=mask)
+        return encode_with(backbone["adapter"], backbone["encoder"], inputs, padding_mask, layers)
 
     @torch.no_grad()
     def teacher_scores(self, views: Tensor) -> Tensor:

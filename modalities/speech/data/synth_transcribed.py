@@ -79,14 +79,22 @@ def candidate_sentences(paths: list[Path], **limits) -> list[str]:
 
 
 def pick_voices(n: int, test_fraction: float, seed: int = 0) -> tuple[list[Voice], list[Voice]]:
-    """``n`` of the keyword set's voices, each engine in proportion to its voices, split by voice."""
+    """``n`` of the keyword set's voices (n >= 2 per engine), each engine in proportion to its voices (at least
+    two, one per split), split by voice."""
     pool = voices()
+    engines = sorted({v.engine for v in pool})
+    if n < 2 * len(engines):
+        raise ValueError(f"need at least {2 * len(engines)} voices (two per engine), got {n}")
     rng = np.random.default_rng(seed)
     chosen: list[Voice] = []
-    for engine in sorted({v.engine for v in pool}):
+    left = n
+    for e, engine in enumerate(engines):
         group = [v for v in pool if v.engine == engine]
-        k = max(2, int(round(n * len(group) / len(pool))))
-        chosen += [group[i] for i in sorted(rng.choice(len(group), min(k, len(group)), replace=False))]
+        rest = len(engines) - e - 1  # engines still to serve, two voices each at least
+        k = left if rest == 0 else min(left - 2 * rest, max(2, int(round(n * len(group) / len(pool)))))
+        k = min(k, len(group))
+        left -= k
+        chosen += [group[i] for i in sorted(rng.choice(len(group), k, replace=False))]
     return split_by_voice(chosen, test_fraction, seed=seed)
 
 
