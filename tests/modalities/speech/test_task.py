@@ -286,3 +286,42 @@ def test_backbones_without_a_mask_embedding_refuse_a_mask():
     refuse_mask("x", None)
     with pytest.raises(ValueError, match="the dVAE tokenizer cannot encode a masked input"):
         refuse_mask("the dVAE tokenizer", torch.zeros(1, 4, dtype=torch.bool))
+
+
+def test_every_training_batch_admits_a_ctc_alignment(asr):
+    """With the frame lengths of token_padding, torch's CTC loss (no zero_infinity) is finite for the whole split:
+    no utterance kept is shorter than its transcript needs; and it trains through a masked encode."""
+    model = _objective().train()
+    task = build_task(SpeechTaskConfig(kind="ctc", train_manifest=str(asr["train"]),
+                                       test_manifest=str(asr["test"])), _cfg(), True)
+    head = torch.nn.Linear(16, len(task.classes))
+    batch = task.collate([task.train[i] for i in range(len(task.train))])
+    x = model.encode(batch.inputs, batch.padding_mask, mask=batch.mask[:, 0])  # (B, N, D)
+    pad = task.token_padding(batch.padding_mask, x.shape[1])
+    lengths = (~pad).sum(1) if pad is not None else torch.full((x.shape[0],), x.shape[1])
+    log_probs = head(x).log_softmax(-1).transpose(0, 1)  # (B, N, V) -> (N, B, V)
+    targets = batch.labels
+    loss = torch.nn.functional.ctc_loss(log_probs, targets.clamp(min=0), lengths, (targets != LABEL_PAD).sum(-1),
+                                        blank=0, zero_infinity=False)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.adapter.mask_emb.grad is not None and model.adapter.mask_emb.grad.abs().sum() > 0
+
+
+def test_keyword_masks_when_asked(tmp_path):
+    root = _class_folder(tmp_path / "kw")
+    task = build_task(SpeechTaskConfig(format="folder", root=str(root), mask_prob=0.5, mask_length=3), _cfg(), True)
+    items = [task.train[i] for i in range(6)]
+    m = task.collate(items).mask[:, 0]
+    assert (m.sum(1) == m.sum(1)[0]).all() and m.sum() > 0 and task.eval_collate(items).mask is None
+
+
+def test_the_config_check_refuses_a_crop_below_the_receptive_field():
+    from modalities.speech.data.source import check_experiment
+
+    cfg = _cfg()
+    cfg.task = SpeechTaskConfig(max_samples=29)  # SMALL's receptive field is 30 samples
+    with pytest.raises(ValueError, match="task.max_samples=29 is below"):
+        check_experiment(cfg)
+    cfg.task = SpeechTaskConfig(max_samples=30)
+    check_experiment(cfg)
