@@ -7,7 +7,7 @@ from unimim.app.experiment import config_from_dict, load_recipe
 from unimim.config import ConfigError, to_dict
 
 RECIPES = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml")
-                 if p.parent.name != "finetune")  # fine-tune recipes: sections over a run's config
+                 if not p.name.startswith("finetune_"))  # fine-tune recipes: tests/app/test_finetune_recipes.py
 IMAGE_RECIPE = Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml"
 
 

@@ -18,7 +18,7 @@ from unimim.train.loop import NonFiniteLossError
 from unimim.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p for p in ROOT.joinpath("recipes").rglob("*.yaml") if p.parent.name != "finetune")
+RECIPES = sorted(p for p in ROOT.joinpath("recipes").rglob("*.yaml") if not p.name.startswith("finetune_"))
 
 
 def tiny(recipe: Path, tmp_path: Path, *extra: str):
