@@ -1,10 +1,11 @@
 """The labelled speech tasks of fine-tuning and the probes: the recipe's ``task`` section and its builder.
 
 * ``kind: keywords`` -- utterance classification (a head on pooled frames): the keyword probe set (fairseq TSV +
-  ``.wrd`` labels, ``format: manifest``) or a folder of audio files per class (``format: folder``:
+  ``.wrd`` labels, ``format: manifest``; by default the data section's ``eval_train_manifest`` /
+  ``eval_test_manifest``, what the probes read) or a folder of audio files per class (``format: folder``:
   ``root/train/<class>/*.wav|flac|ogg`` and ``root/<test_split>/<class>/...``, no manifest step). Clips keep their
   own length (padded in the batch; ``token_padding`` gives the padded frames so pooling ignores them), cropped to
-  ``max_samples`` when longer.
+  ``max_samples`` (by default ``data.eval_clip_samples``) when longer.
 * ``kind: ctc`` -- speech recognition with CTC over fairseq's letter vocabulary (:class:`~unimim.eval.ctc.LetterVocab`,
   blank at index 0), from a fairseq manifest with its ``.ltr`` (or ``.wrd``) transcripts, as the data2vec /
   wav2vec 2.0 protocol (fairseq examples/wav2vec/config/finetuning/base_10h.yaml, run with
@@ -47,12 +48,13 @@ class SpeechTaskConfig:
     kind: Literal["keywords", "ctc"] = "keywords"   # utterance classification | CTC speech recognition (letters)
     name: str | None = None                         # RUN_DIR/finetune/<name>; None: the kind
     format: Literal["manifest", "folder"] = "manifest"  # fairseq TSV (+ .wrd / .ltr) | root/<split>/<class>/ files
-    train_manifest: str = "data/speech/keywords/train.tsv"
-    test_manifest: str = "data/speech/keywords/test.tsv"
+    train_manifest: str | None = None               # None: keywords -- data.eval_train_manifest (the probe set)
+    test_manifest: str | None = None                # None: keywords -- data.eval_test_manifest
     root: str | None = None                         # format: folder -- root/train/<class>/, root/<test_split>/<class>/
     test_split: str = "test"                        # format: folder -- the evaluation split's folder (test | val ...)
     transcripts: Literal["ltr", "wrd"] = "ltr"      # ctc: letters from TRAIN.ltr, or words of TRAIN.wrd as letters
-    max_samples: int | None = None                  # keywords: longer clips cropped; ctc: longer utterances left out
+    max_samples: int | None = None                  # keywords: longer clips cropped (None: data.eval_clip_samples);
+                                                    # ctc: longer utterances left out (None: none)
     mask_prob: float | None = None                  # time masks in training (fairseq mask_prob); None: 0.65 for ctc,
                                                     # 0 (none) for keywords
     mask_length: int = 10                           # frames per span (fairseq mask_length)
@@ -74,6 +76,9 @@ class SpeechTaskConfig:
         if self.kind == "ctc" and self.format != "manifest":
             raise ValueError("task.kind: ctc reads a fairseq manifest with .ltr / .wrd transcripts (task.format: "
                              "manifest)")
+        if self.kind == "ctc" and (self.train_manifest is None or self.test_manifest is None):
+            raise ValueError("task.kind: ctc needs task.train_manifest and task.test_manifest (fairseq TSVs with "
+                             ".ltr / .wrd transcripts beside them)")
         if not self.test_split or "/" in self.test_split or self.test_split in (".", "..", "train"):
             raise ValueError(f"task.test_split must name a split folder other than train, got {self.test_split!r}")
         if self.mask_prob is not None and not 0.0 <= self.mask_prob < 1.0:
@@ -155,11 +160,12 @@ def _ctc_manifest(path: str, task: SpeechTaskConfig, conv_layers: Any, min_frame
     return _subset(manifest, keep, [" ".join(t) for t in letters])
 
 
-def _keyword_manifests(task: SpeechTaskConfig) -> tuple[Manifest, Manifest]:
+def _keyword_manifests(task: SpeechTaskConfig, data: Any) -> tuple[Manifest, Manifest]:
     if task.format == "folder":
         return scan_split(task.root, "train"), scan_split(task.root, task.test_split)
-    return (read_manifest(task.train_manifest, labels=True, hint=MAKE_HINT),
-            read_manifest(task.test_manifest, labels=True, hint=MAKE_HINT))
+    train = task.train_manifest if task.train_manifest is not None else data.eval_train_manifest
+    test = task.test_manifest if task.test_manifest is not None else data.eval_test_manifest
+    return read_manifest(train, labels=True, hint=MAKE_HINT), read_manifest(test, labels=True, hint=MAKE_HINT)
 
 
 def build_task(task: SpeechTaskConfig, cfg: Any, train_augment: bool) -> LabelledTask:
@@ -181,7 +187,8 @@ def build_task(task: SpeechTaskConfig, cfg: Any, train_augment: bool) -> Labelle
         classes: tuple[str, ...] = vocab.symbols
         kind = "ctc"
     else:
-        train_m, test_m = _keyword_manifests(task)
+        train_m, test_m = _keyword_manifests(task, cfg.data)
+        crop = task.max_samples if task.max_samples is not None else cfg.data.eval_clip_samples
         classes = tuple(sorted(set(train_m.labels)))
         index = {c: i for i, c in enumerate(classes)}
         unknown = sorted(set(test_m.labels) - set(index))
@@ -190,7 +197,7 @@ def build_task(task: SpeechTaskConfig, cfg: Any, train_augment: bool) -> Labelle
         sets = []
         for m, augment in ((train_m, train_augment), (test_m, False)):
             audio = AudioDataset(m, **common)
-            sets.append(LabelledAudioDataset(audio, [index[w] for w in audio.labels], crop_samples=task.max_samples,
+            sets.append(LabelledAudioDataset(audio, [index[w] for w in audio.labels], crop_samples=crop,
                                              random_crop=augment))
         kind = "classification"
     logger.info("speech task %s: %d train / %d test utterances, %d %s", task.name or task.kind, len(sets[0]),

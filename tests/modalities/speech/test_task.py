@@ -135,14 +135,22 @@ def test_folder_errors_empty_class_and_unknown_test_class(tmp_path):
 
 
 def test_keywords_from_the_probe_manifests_and_crop(tiny_speech):
-    cfg = _cfg()
-    task_cfg = SpeechTaskConfig(train_manifest=str(tiny_speech["train"]), test_manifest=str(tiny_speech["test"]),
-                                max_samples=4000)
-    task = build_task(task_cfg, cfg, True)
+    # by default the task is the data section's probe set, cropped to data.eval_clip_samples
+    cfg = _cfg(eval_train_manifest=str(tiny_speech["train"]), eval_test_manifest=str(tiny_speech["test"]),
+               eval_clip_samples=4000)
+    task = build_task(SpeechTaskConfig(), cfg, True)
     assert list(task.classes) == ["high", "low", "mid"] and len(task.train) == 24 and len(task.test) == 9
     wave, label = task.test[0]
     assert wave.shape == (4000,) and isinstance(label, int)  # 0.9 s clips centre-cropped to 4000 samples
     assert torch.equal(task.test[0][0], wave)  # the evaluation crop is deterministic
+    full = task.test.audio.read(0)[0]
+    start = (full.shape[0] - 4000) // 2
+    assert torch.equal(wave, torch.from_numpy(full[start : start + 4000]))
+    # the task's own manifests and crop win over the data section's
+    own = SpeechTaskConfig(train_manifest=str(tiny_speech["train"]), test_manifest=str(tiny_speech["test"]),
+                           max_samples=3000)
+    other = build_task(own, _cfg(eval_train_manifest="/nope.tsv"), False)
+    assert other.test[0][0].shape == (3000,)
 
 
 def test_ctc_from_the_fairseq_layout(asr):
@@ -178,10 +186,11 @@ def test_ctc_from_the_fairseq_layout(asr):
 
 
 def test_ctc_mask_probability_of_the_reference():
-    assert SpeechTaskConfig(kind="ctc").time_mask_prob == 0.65 and SpeechTaskConfig().time_mask_prob == 0.0
-    m = SpeechTaskConfig(kind="ctc").masking()
+    ctc = dict(kind="ctc", train_manifest="a.tsv", test_manifest="b.tsv")
+    assert SpeechTaskConfig(**ctc).time_mask_prob == 0.65 and SpeechTaskConfig().time_mask_prob == 0.0
+    m = SpeechTaskConfig(**ctc).masking()
     assert (m.kind, m.prob, m.length, m.min_masks) == ("span", 0.65, 10, 1)
-    assert SpeechTaskConfig(kind="ctc", mask_prob=0.0).masking() is None
+    assert SpeechTaskConfig(mask_prob=0.0, **ctc).masking() is None
     assert SpeechTaskConfig().frozen == ["adapter.feature_encoder."]
 
 
@@ -231,7 +240,8 @@ def test_fairseq_layout_errors(asr, tmp_path):
     with pytest.raises(ValueError, match=r"bad.tsv:2: expected 'relative_path<TAB>num_samples'"):
         build_task(SpeechTaskConfig(kind="ctc", train_manifest=str(bad), test_manifest=str(bad)), _cfg(), True)
     with pytest.raises(FileNotFoundError, match="make data-speech"):
-        build_task(SpeechTaskConfig(kind="ctc", train_manifest=str(tmp_path / "none.tsv")), _cfg(), True)
+        build_task(SpeechTaskConfig(kind="ctc", train_manifest=str(tmp_path / "none.tsv"),
+                                    test_manifest=str(tmp_path / "none.tsv")), _cfg(), True)
 
 
 def test_task_config_errors():
@@ -243,6 +253,8 @@ def test_task_config_errors():
         SpeechTaskConfig(mask_prob=1.0)
     with pytest.raises(ValueError, match="test_split"):
         SpeechTaskConfig(test_split="train")
+    with pytest.raises(ValueError, match="ctc needs task.train_manifest and task.test_manifest"):
+        SpeechTaskConfig(kind="ctc", train_manifest="a.tsv")
 
 
 def _objective():
