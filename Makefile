@@ -75,12 +75,17 @@ demo: install data
 # Speech data (demo only; tests generate their own audio): recorded spoken descriptions from Debian's
 # tuxpaint-stamps-default (pretraining manifest of its *_desc_*.ogg files) and 20 keywords synthesised with espeak-ng
 # and flite by 172 voices, split by voice (probe). The Debian packages are installed when running as root.
+# CTC fine-tuning: 400 short sentences of the text corpora spoken by 40 of those voices (test voices and sentences
+# held out), in fairseq's tsv + ltr + wrd layout (~1 min on 2 cores).
 data-speech: install
 	@missing=""; for p in $(SPEECH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(APT_ENSURE)
 	@[ -f $(SPEECH_DATA)/tuxpaint.tsv ] || \
 		$(PY) -m modalities.speech.data.build_manifest $(TUXPAINT) $(SPEECH_DATA)/tuxpaint.tsv --glob '*_desc_*.ogg'
 	@[ -f $(SPEECH_DATA)/keywords/test.wrd ] || $(PY) -m modalities.speech.data.synth_keywords $(SPEECH_DATA)/keywords
+	@[ -f $(SPEECH_DATA)/transcribed/test.ltr ] || { $(MAKE) --no-print-directory $(TEXT_DATA)/gcide.txt \
+		$(TEXT_DATA)/pydocs.txt && $(PY) -m modalities.speech.data.synth_transcribed $(SPEECH_DATA)/transcribed \
+		--text $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt; }
 
 SPEECH_PATHS = data.manifest=$(SPEECH_DATA)/tuxpaint.tsv data.eval_train_manifest=$(SPEECH_DATA)/keywords/train.tsv \
 	data.eval_test_manifest=$(SPEECH_DATA)/keywords/test.tsv

@@ -1,5 +1,6 @@
 """The speech modality: raw 16 kHz waveforms, wav2vec 2.0 conv feature encoder, span / 1-D block masks, audio
-manifests (fairseq TSV) and a synthesised keyword set for probing."""
+manifests (fairseq TSV), a synthesised keyword set for probing, and the labelled tasks of fine-tuning (keywords,
+CTC speech recognition: ``modalities.speech.task``)."""
 
 from modalities.base import ModalitySpec
 from modalities.speech.data.dataset import SpeechDataConfig
@@ -7,6 +8,7 @@ from modalities.speech.data.source import build_eval_sets, build_pretrain_source
 from modalities.speech.data.tiny import tiny_data
 from modalities.speech.masking import SpeechMaskConfig
 from modalities.speech.model.adapter import SpeechAdapter, SpeechAdapterConfig
+from modalities.speech.task import SpeechTaskConfig, build_task
 
 SPEECH = ModalitySpec(
     adapter_config=SpeechAdapterConfig,
@@ -25,4 +27,6 @@ SPEECH = ModalitySpec(
         "train.log_every=1", "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
     ),
     tiny_data=tiny_data,
+    task_config=SpeechTaskConfig,
+    build_task=build_task,
 )

@@ -1,6 +1,7 @@
 """The objective contract: a :class:`~unimim.core.batch.Batch` in, a loss and detached logs out (no backward, no
-optimizer inside); ``encode(inputs, padding_mask=None, layers=None) -> (B, T, D)`` for evaluation, which is all
-that probes, fine-tuning and export use of an objective."""
+optimizer inside); ``encode(inputs, padding_mask=None, layers=None, *, mask=None) -> (B, T, D)`` for evaluation,
+which is all that probes, fine-tuning and export use of an objective (``mask``: fine-tuning that masks its input,
+e.g. wav2vec 2.0 / data2vec CTC fine-tuning)."""
 
 from __future__ import annotations
 
@@ -53,16 +54,23 @@ class Objective(nn.Module):
         return self.encoder.cfg.depth
 
     def encode(
-        self, inputs: Tensor, padding_mask: Tensor | None = None, layers: Sequence[int] | None = None
+        self, inputs: Tensor, padding_mask: Tensor | None = None, layers: Sequence[int] | None = None, *,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """Student features of unmasked input for evaluation: (B, T, D), prefix tokens first.
+        """Student features for evaluation and fine-tuning: (B, T, D), prefix tokens first.
 
         ``layers=None`` returns the encoder's final output (after its final norm, if any); a list of block indices
         (0-based, negative ones count from the last block) returns the mean of those blocks' outputs, e.g.
         ``[-2, -1]`` averages the last two, the way data2vec averages its top-K layers into targets (without the
         per-layer target norm, so that the features stay those of the encoder).
+
+        ``mask`` (B, N) bool (``True`` = masked; N the non-prefix tokens) replaces those positions' embeddings by
+        the adapter's mask embedding before positions are added (``adapter.embed(inputs, mask=mask)``), the
+        masked fine-tuning of wav2vec 2.0 / data2vec (Baevski et al. 2020, §3.3: time-steps masked during
+        fine-tuning, a SpecAugment variant; fairseq ``Wav2VecEncoder`` with ``apply_mask: true``). None (the
+        default) encodes the unmasked input, as before.
         """
-        return encode_with(self.adapter, self.encoder, inputs, padding_mask, layers)
+        return encode_with(self.adapter, self.encoder, inputs, padding_mask, layers, mask=mask)
 
     def encoding_backbone(self) -> nn.Module:
         """The module holding every weight ``encode`` uses: what fine-tuning trains and saves (an objective that
@@ -77,15 +85,16 @@ class Objective(nn.Module):
 class EncoderObjective(nn.Module):
     """Base of objectives whose backbone is not adapter + transformer encoder (dVAE, SimMIM-Swin).
 
-    Subclasses implement ``forward(batch)`` and ``encode(inputs, padding_mask=None, layers=None)``, and set
-    ``num_prefix_tokens``; ``layers`` must be refused clearly where the backbone has no transformer blocks.
+    Subclasses implement ``forward(batch)`` and ``encode(inputs, padding_mask=None, layers=None, *, mask=None)``,
+    and set ``num_prefix_tokens``; ``layers`` must be refused clearly where the backbone has no transformer blocks,
+    and ``mask`` (:func:`refuse_mask`) where it has no mask embedding.
     """
 
     num_prefix_tokens: int = 0
     num_layers: int = 0  # blocks that ``encode(layers=...)`` selects from (0: it refuses ``layers``)
 
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
-               layers: Sequence[int] | None = None) -> Tensor:
+               layers: Sequence[int] | None = None, *, mask: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
     def encoding_backbone(self) -> nn.Module:
@@ -102,13 +111,22 @@ class EncoderObjective(nn.Module):
 
 
 def encode_with(adapter: nn.Module, encoder: TransformerEncoder, inputs: Tensor, padding_mask: Tensor | None = None,
-                layers: Sequence[int] | None = None) -> Tensor:
-    """Features of ``encoder(adapter.embed(inputs))`` (see :meth:`Objective.encode`): (B, T, D)."""
-    out = encoder(adapter.embed(inputs, padding_mask=padding_mask))
+                layers: Sequence[int] | None = None, *, mask: Tensor | None = None) -> Tensor:
+    """Features of ``encoder(adapter.embed(inputs, mask=mask))`` (see :meth:`Objective.encode`): (B, T, D)."""
+    if mask is not None and (mask.dim() != 2 or mask.dtype != torch.bool):
+        raise ValueError(f"encode takes a (B, N) bool mask, got {tuple(mask.shape)} {mask.dtype}")
+    out = encoder(adapter.embed(inputs, mask=mask, padding_mask=padding_mask))
     if layers is None:
         return out.x
     picked = [out.layers[i] for i in resolve_layers(layers, len(out.layers))]  # k x (B, T, D)
     return torch.stack(picked).mean(dim=0)  # (k, B, T, D) -> (B, T, D)
+
+
+def refuse_mask(name: str, mask: Tensor | None) -> None:
+    """The ``encode`` of a backbone without a mask embedding: a clear ValueError when it is given a mask."""
+    if mask is not None:
+        raise ValueError(f"{name} cannot encode a masked input (it has no mask embedding): fine-tune it without "
+                         "input masking (task masking probability 0)")
 
 
 def embed_visible(adapter: nn.Module, local: Tokens, mask: Tensor) -> Tokens:

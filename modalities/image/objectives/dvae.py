@@ -26,7 +26,7 @@ from modalities.base import ObjectiveSpec
 from modalities.image.model.adapter import ImageAdapterConfig
 from modalities.image.objectives.tokenizer.dvae import DiscreteVAE, DVAEConfig
 from unimim.core.batch import Batch
-from unimim.objectives.base import EncoderObjective, ObjectiveOutput
+from unimim.objectives.base import EncoderObjective, ObjectiveOutput, refuse_mask
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,9 @@ class DVAETraining(EncoderObjective):
         self.num_updates, self.last_usage = int(state["num_updates"]), float(state["last_usage"])
 
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
-               layers: Sequence[int] | None = None) -> Tensor:
+               layers: Sequence[int] | None = None, *, mask: Tensor | None = None) -> Tensor:
         """(B, C, S, S) -> (B, N, hidden): the tokenizer encoder's features before the code logits."""
+        refuse_mask("the dVAE tokenizer", mask)
         if layers is not None:
             raise ValueError("the dVAE tokenizer has no transformer blocks: probe.layers does not apply")
         self.dvae._check(inputs)

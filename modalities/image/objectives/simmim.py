@@ -81,14 +81,14 @@ class SimMIM(EncoderObjective):
         return self.backbone["encoder"](self.backbone["adapter"].embed(inputs, mask=mask)).x
 
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
-               layers: Sequence[int] | None = None) -> Tensor:
+               layers: Sequence[int] | None = None, *, mask: Tensor | None = None) -> Tensor:
         if padding_mask is not None:
             raise ValueError("images have no padding; padding_mask must be None")
         if self.cfg.backbone == "swin":
             if layers is not None:
                 raise ValueError("probe.layers selects ViT blocks; SimMIM's Swin backbone has stages (leave it unset)")
-            return self.features(inputs)
-        return encode_with(self.backbone["adapter"], self.backbone["encoder"], inputs, None, layers)
+            return self.features(inputs, mask)
+        return encode_with(self.backbone["adapter"], self.backbone["encoder"], inputs, None, layers, mask=mask)
 
     def reconstruct(self, inputs: Tensor, mask: Tensor) -> Tensor:
         """inputs (B, C, S, S), mask (B, N) -> reconstruction (B, C, S, S) in the inputs' normalised units."""

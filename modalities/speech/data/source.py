@@ -115,6 +115,11 @@ def check_consistency(data: SpeechDataConfig, adapter: SpeechAdapterConfig) -> N
 def check_experiment(cfg: Any) -> None:
     """The speech settings that only fail together, checked when the config loads."""
     check_consistency(cfg.data, cfg.adapter)
+    task = getattr(cfg, "task", None)  # the labelled task of fine-tuning, where the config has one
+    field = receptive_field(cfg.adapter.conv_layers)
+    if task is not None and task.max_samples is not None and task.max_samples < field:
+        raise ValueError(f"task.max_samples={task.max_samples} is below the feature encoder's receptive field "
+                         f"({field} samples)")
 
 
 def build_pretrain_source(data: SpeechDataConfig, masking: SpeechMaskConfig, adapter: SpeechAdapterConfig):

@@ -44,7 +44,7 @@ def test_missing_data_names_path_and_make_target(tmp_path, caplog):
     assert f"{tmp_path}/none.tsv" in caplog.text and "make data-speech" in caplog.text
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml") if not p.name.startswith("finetune_")))
 def test_recipes_load(recipe):
     cfg = load_recipe(RECIPES / recipe)
     assert cfg.modality == "speech" and cfg.method.target_source == "ffn" and cfg.method.layer_norm == "instance"
