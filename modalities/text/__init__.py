@@ -1,5 +1,6 @@
 """The text modality: BPE tokenizers (tokenizers / sentencepiece), memory-mapped token blocks, BERT/span/random
-masking, the RoBERTa-style embedding adapter and the WordNet-category probe."""
+masking, the RoBERTa-style embedding adapter, the WordNet-category probe and the labelled text tasks of fine-tuning
+(sequence and sentence-pair classification from TSV / CSV / JSONL files or class folders, :mod:`.task`)."""
 
 from modalities.base import ModalitySpec
 from modalities.text.data.dataset import TextDataConfig
@@ -7,6 +8,7 @@ from modalities.text.data.source import bind_run_dir, build_eval_sets, build_pre
 from modalities.text.data.tiny import tiny_data
 from modalities.text.masking import TextMaskConfig
 from modalities.text.model.adapter import TextAdapter, TextAdapterConfig
+from modalities.text.task import TextTaskConfig, build_task
 
 TEXT = ModalitySpec(
     adapter_config=TextAdapterConfig,
@@ -27,4 +29,6 @@ TEXT = ModalitySpec(
         "probe.epochs=5",
     ),
     tiny_data=tiny_data,
+    task_config=TextTaskConfig,
+    build_task=build_task,
 )
