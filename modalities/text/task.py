@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from modalities.text.data.corpora import LEXNAMES
 from modalities.text.data.encoding import PAIR_SPECIALS, SINGLE_SPECIALS, encode_pair, encode_single
 from modalities.text.data.labelled import Row, Skipped, read_class_folders, read_table
-from modalities.text.data.source import build_eval_sets, check_tokenizer
+from modalities.text.data.source import build_eval_sets
 from modalities.text.data.tokenizer import PAD_ID, TextTokenizer, load_tokenizer
 from unimim.core.batch import Batch
 from unimim.eval.task import LabelledTask
@@ -246,7 +246,9 @@ def build_file_task(task: TextTaskConfig, data: Any, adapter: Any) -> LabelledTa
     """A tsv / csv / jsonl / folder task (see the module docstring)."""
     max_tokens = check_task(task, adapter.max_positions)
     tokenizer = load_tokenizer(data.tokenizer)
-    check_tokenizer(tokenizer, data, adapter)
+    if tokenizer.vocab_size > adapter.vocab_size:
+        raise ValueError(f"the tokenizer {data.tokenizer} has {tokenizer.vocab_size} tokens but adapter.vocab_size "
+                         f"is {adapter.vocab_size}")
     paths = split_paths(task)
     name = task.task_name
     raw: dict[str, tuple[list[Row], Skipped]] = {}
