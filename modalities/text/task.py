@@ -119,6 +119,14 @@ def check_task(task: TextTaskConfig, max_positions: int) -> int:
     return n
 
 
+def check_experiment_task(cfg: Any) -> None:
+    """The experiment's ``task`` section against its adapter, at load time (the WordNet task reads
+    ``data.probe_max_tokens``, checked with the data)."""
+    task = getattr(cfg, "task", None)
+    if task is not None and task.format != "wordnet":
+        check_task(task, cfg.adapter.max_positions)
+
+
 class EncodedTexts(Dataset):
     """Encoded examples: item i -> {"inputs": (L_i,) int64 ids, "labels": int class id}."""
 

@@ -70,11 +70,6 @@ def check_experiment(cfg: Any) -> None:
     for name, n in (("data.block_size", cfg.data.block_size), ("data.probe_max_tokens", cfg.data.probe_max_tokens)):
         if n > cfg.adapter.max_positions:
             raise ValueError(f"{name}={n} exceeds adapter.max_positions={cfg.adapter.max_positions}")
-    task = getattr(cfg, "task", None)
-    if task is not None and task.format != "wordnet":  # the WordNet task reads data.probe_max_tokens
-        from modalities.text.task import check_task  # the task module builds on this one
-
-        check_task(task, cfg.adapter.max_positions)
 
 
 def build_pretrain_source(data: TextDataConfig, masking: TextMaskConfig, adapter: TextAdapterConfig):
