@@ -6,9 +6,9 @@ lexicographer file (label ``same``) and half the time from the other files of th
 every synset outside ``A``'s file alike, so that ``B``'s file is about as often a large one in both classes).
 Deciding needs both glosses' categories -- noun.animal against noun.plant, verb.motion against verb.contact: the
 part of speech tells nothing, one gloss alone little (chance is 50 %; a TF-IDF logistic regression on one gloss
-reaches 52-53 %, on both 56 %, docs/results.md). Both synsets of a pair come
-from the same split of the probe's synset split (:func:`~modalities.text.data.corpora.synset_split`), so no test
-gloss is seen in training. Pairs are drawn with a fixed seed: the files are a function of WordNet alone.
+reaches 52-53 %, on both 56 %, docs/results.md). Both synsets of a pair come from the same split of the probe's
+synset split (:func:`~modalities.text.data.corpora.synset_split`), so no test gloss is seen in training.
+Pairs are drawn with a fixed seed: the files are a function of WordNet alone.
 
 ``python -m modalities.text.data.wordnet_pairs OUT_DIR`` writes ``OUT_DIR/train.tsv`` and ``OUT_DIR/dev.tsv`` in
 GLUE's layout (header ``sentence1  sentence2  label``; glosses keep their quotes), read by ``task.format: tsv``
