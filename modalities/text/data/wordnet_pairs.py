@@ -6,7 +6,7 @@ lexicographer file (label ``same``) and half the time from the other files of th
 every synset outside ``A``'s file alike, so that ``B``'s file is about as often a large one in both classes).
 Deciding needs both glosses' categories -- noun.animal against noun.plant, verb.motion against verb.contact: the
 part of speech tells nothing, one gloss alone little (chance is 50 %; a TF-IDF logistic regression on one gloss
-reaches 52-53 %, on both 56 %, docs/results.md). Both synsets of a pair come from the same split of the probe's
+reaches 52-53 %, on both 56 %, docs/notes/text_tasks.md). Both synsets of a pair come from the same split of the probe's
 synset split (:func:`~modalities.text.data.corpora.synset_split`), so no test gloss is seen in training.
 Pairs are drawn with a fixed seed: the files are a function of WordNet alone.
 
