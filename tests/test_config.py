@@ -6,7 +6,8 @@ import yaml
 from unimim.app.experiment import config_from_dict, load_recipe
 from unimim.config import ConfigError, to_dict
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml"))
+RECIPES = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml")
+                 if p.parent.name != "finetune")  # fine-tune recipes: sections over a run's config
 IMAGE_RECIPE = Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml"
 
 

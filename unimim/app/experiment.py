@@ -13,7 +13,6 @@ optim:    {...}             # OptimConfig
 train:    {...}             # TrainConfig
 deepspeed: {...}            # DeepSpeedConfig (enabled: true runs the recipe under DeepSpeed)
 probe:    {...}             # ProbeConfig
-task:     {...}             # the modality's labelled task (fine-tuning), where it declares one
 ```
 """
 
@@ -101,7 +100,6 @@ def experiment_type(modality: str, objective: str) -> type:
             ("masking", spec.mask_config, field(default_factory=spec.mask_config)),
             ("data", spec.data_config, field(default_factory=spec.data_config)),
             ("method", obj.config, field(default_factory=obj.config)),
-            *([("task", spec.task_config, field(default_factory=spec.task_config))] if spec.task_config else []),
         ],
         bases=(ExperimentBase,),
     )

@@ -1,21 +1,25 @@
-"""The text fine-tuning recipes: each loads, reads its task's files as GLUE writes them, and carries the RoBERTa
-fine-tuning hyper-parameters of fairseq examples/roberta/config/finetuning/<task>.yaml (the audit table below was
-copied from those files: lr, batch_size, max_update, warmup_updates; every task: max_epoch 10, Adam (0.9, 0.98),
-eps 1e-6, weight decay 0.1, no clipping, dropout and attention dropout 0.1, polynomial_decay)."""
+"""The text fine-tuning recipes (recipes/text/finetune/: sections over a run's config): the task section strict,
+read on GLUE's own layouts, and the RoBERTa fine-tuning hyper-parameters of fairseq
+examples/roberta/config/finetuning/<task>.yaml (the audit table below was copied from those files: lr, batch_size,
+max_update, warmup_updates; every task: max_epoch 10, Adam (0.9, 0.98), eps 1e-6, weight decay 0.1, clip_norm 0,
+polynomial_decay, dropout and attention dropout 0.1)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-import yaml
 
+from modalities.text import TEXT
+from modalities.text.data.dataset import TextDataConfig
 from modalities.text.data.wordnet_pairs import main as write_wordnet_pairs
-from modalities.text.task import build_task
+from modalities.text.model.adapter import TextAdapterConfig
+from modalities.text.task import TextTaskConfig, build_task
 from tests.conftest import TEXT_FIXTURES
 from tests.modalities.text.test_task import COLA, MNLI_DEV, MNLI_TRAIN, MRPC, QNLI, RTE, SST2_DEV, SST2_TRAIN, write
-from unimim.app.experiment import load_recipe
-from unimim.config import ConfigError
+from unimim.config import from_dict, read_yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 RECIPES = ROOT / "recipes" / "text" / "finetune"
@@ -38,31 +42,31 @@ AUDIT = {
     "qqp": ("qqp.yaml", 1e-5, 32, 113272, 28318, ["0", "1"], {"train.tsv": QQP, "dev.tsv": QQP}),
     "cola": ("cola.yaml", 1e-5, 16, 5336, 320, ["0", "1"], {"train.tsv": COLA, "dev.tsv": COLA}),
 }
-COMMON = {"epochs": 10, "schedule": "polynomial", "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6,
-          "clip_grad": 0.0, "dropout": 0.1, "head": {"pool": "first", "dropout": 0.1}}
+COMMON = {"layer_decay": 1.0, "drop_path": 0.0, "head_dropout": 0.1, "label_smoothing": 0.0}
+COMMON_OPTIM = {"base_lr": None, "min_lr": 0.0, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6,
+                "clip_grad": None}
+HAS_CORE = importlib.util.find_spec("unimim.eval.finetune") is not None
 
 
-def finetune_block(path: Path) -> dict:
-    """The commented ``# finetune:`` block of a recipe, uncommented and read as YAML."""
-    lines = path.read_text().splitlines()
-    start = lines.index("# finetune:")
-    block = [lines[start][2:]]
-    for line in lines[start + 1 :]:
-        if not line.startswith("#   "):
-            break
-        block.append(line[2:])
-    return yaml.safe_load("\n".join(block))["finetune"]
+def experiment(task: TextTaskConfig | None = None, max_positions: int = 512) -> SimpleNamespace:
+    data = TextDataConfig(tokenizer=str(TEXT_FIXTURES / "tokenizer.json"), wordnet_root=str(TEXT_FIXTURES / "wordnet"),
+                          block_size=16, probe_max_tokens=16)
+    return SimpleNamespace(data=data, adapter=TextAdapterConfig(vocab_size=300, max_positions=max_positions), task=task)
 
 
-def tiny(tmp_path: Path, root: Path | None = None) -> list[str]:
-    overrides = [f"data.tokenizer={TEXT_FIXTURES / 'tokenizer.json'}", f"data.wordnet_root={TEXT_FIXTURES / 'wordnet'}",
-                 "adapter.vocab_size=300", f"train.out_dir={tmp_path}"]
-    return overrides + ([f"task.root={root}"] if root is not None else [])
+def recipe_task(raw: dict, root: Path | None = None) -> TextTaskConfig:
+    return from_dict(TextTaskConfig, raw["task"] | ({"root": str(root)} if root is not None else {}), "task")
 
 
 def test_every_text_finetune_recipe_is_audited_or_cpu_scale():
     names = {p.stem for p in RECIPES.glob("*.yaml")}
     assert {f"glue_{t}" for t in AUDIT} | {"wordnet_cpu", "wordnet_pairs_cpu"} == names
+    for path in RECIPES.glob("*.yaml"):
+        raw = read_yaml(path)
+        assert set(raw) <= {"task", "finetune", "probe", "train"}, f"{path.name}: a fine-tune recipe sets only these"
+        recipe_task(raw)
+        assert {k: raw["finetune"][k] for k in COMMON} == COMMON
+        assert {k: raw["finetune"]["optim"][k] for k in COMMON_OPTIM} == COMMON_OPTIM
 
 
 @pytest.mark.parametrize("name", sorted(AUDIT))
@@ -70,40 +74,47 @@ def test_glue_recipe_matches_fairseq_and_reads_glue_files(name, tmp_path):
     source, lr, batch, updates, warmup, classes, files = AUDIT[name]
     path = RECIPES / f"glue_{name}.yaml"
     assert FAIRSEQ + source in path.read_text()
-    ft = finetune_block(path)
-    assert (ft["lr"], ft["batch_size"], ft["steps"], ft["warmup_steps"]) == (lr, batch, updates, warmup), source
-    assert {k: ft[k] for k in COMMON} == COMMON
-    cfg = load_recipe(path)
-    assert cfg.task.name == name and cfg.task.max_tokens == 512 == cfg.adapter.max_positions
+    raw = read_yaml(path)
+    ft = raw["finetune"]
+    assert (ft["optim"]["lr"], ft["batch_size"], ft["steps"], ft["optim"]["warmup_steps"]) == \
+        (lr, batch, updates, warmup), source
+    assert ft["epochs"] == 10 and recipe_task(raw).name == name and recipe_task(raw).max_tokens == 512
     # the recipe's columns and splits on GLUE's own layout (a few lines of it)
     root = write(tmp_path / name, files)
-    cfg = load_recipe(path, tiny(tmp_path, root))
-    task = build_task(cfg.task, cfg)
+    task = build_task(recipe_task(raw, root), experiment())
     assert list(task.classes) == classes and len(task.train) >= 2 and len(task.test) >= 1
     assert task.train.skipped.total == 0 and task.test.skipped.total == 0
     assert task.collate([task.train[0], task.train[1]]).labels.shape == (2,)
 
 
 def test_cpu_recipes_build_on_the_shipped_tiny_data(tmp_path):
-    cfg = load_recipe(RECIPES / "wordnet_cpu.yaml", tiny(tmp_path) + ["data.probe_max_tokens=16"])
-    task = build_task(cfg.task, cfg)
+    task = build_task(recipe_task(read_yaml(RECIPES / "wordnet_cpu.yaml")), experiment())
     assert task.name == "wordnet" and task.num_classes == 45 and len(task.train) > 0
     out = tmp_path / "wordnet_pairs"
     assert write_wordnet_pairs([str(out), "--wordnet", str(TEXT_FIXTURES / "wordnet")]) == 0
-    overrides = tiny(tmp_path, out) + ["adapter.max_positions=128", "data.block_size=128"]
-    cfg = load_recipe(RECIPES / "wordnet_pairs_cpu.yaml", overrides)
-    task = build_task(cfg.task, cfg)
+    raw = read_yaml(RECIPES / "wordnet_pairs_cpu.yaml")
+    task = build_task(recipe_task(raw, out), experiment(max_positions=128))
     assert task.name == "wordnet_pairs" and list(task.classes) == ["different", "same"]
     ids = task.train[0]["inputs"].tolist()
     assert ids[0] == 0 and ids[-1] == 2 and ids.count(2) == 3 and len(ids) <= 128  # <s> A </s></s> B </s>
     for path in RECIPES.glob("*_cpu.yaml"):
-        ft = finetune_block(path)
-        assert ft["warmup_steps"] == round(0.06 * ft["steps"])  # the GLUE recipes' 6 % warm-up
-        assert {k: ft[k] for k in COMMON if k != "epochs"} == {k: v for k, v in COMMON.items() if k != "epochs"}
+        assert read_yaml(path)["finetune"]["warmup_epochs"] == pytest.approx(0.06 * read_yaml(path)["finetune"]
+                                                                             ["epochs"])  # the GLUE recipes' 6 %
 
 
-def test_task_budget_is_checked_when_the_recipe_loads(tmp_path):
-    with pytest.raises(ConfigError, match="task.max_tokens=1024 exceeds adapter.max_positions=512"):
-        load_recipe(RECIPES / "glue_sst2.yaml", ["task.max_tokens=1024"])
-    with pytest.raises(ConfigError, match="unknown config key 'task.label_col'"):
-        load_recipe(RECIPES / "glue_sst2.yaml", ["task.label_col=x"])
+@pytest.mark.skipif(not HAS_CORE, reason="the finetune section is the fine-tuning core's (unimim.eval.finetune)")
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_finetune_section_loads_strictly(path):
+    from unimim.eval.finetune.config import FinetuneConfig
+
+    from_dict(FinetuneConfig, read_yaml(path)["finetune"], "finetune")
+
+
+def test_task_budget_is_checked_when_the_config_loads():
+    task = TextTaskConfig(format="tsv", root="/x", max_tokens=1024)
+    with pytest.raises(ValueError, match="task.max_tokens=1024 exceeds adapter.max_positions=512"):
+        TEXT.check(experiment(task))
+    TEXT.check(experiment(TextTaskConfig(format="tsv", root="/x", max_tokens=512)))
+    TEXT.check(experiment(TextTaskConfig()))  # wordnet: data.probe_max_tokens, checked with the data
+    with pytest.raises(ValueError, match="task.max_tokens must be >= 6"):
+        TEXT.check(experiment(TextTaskConfig(format="tsv", root="/x", text_columns=["a", "b"], max_tokens=5)))
