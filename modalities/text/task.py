@@ -223,7 +223,7 @@ def label_ids(rows: list[Row], classes: list[str], skipped: Skipped) -> tuple[li
     kept, ids = [], []
     for r in rows:
         if r.label is None:
-            skipped.add("rows with a missing or empty label", r.where)
+            skipped.add("rows with a missing label (absent, empty, or not a string or integer)", r.where)
         elif r.label not in index:
             skipped.add(f"rows with a label not among the {len(classes)} classes", f"{r.where} ({r.label!r})")
         else:

@@ -23,6 +23,7 @@ from unimim.config import ConfigError, from_dict
 
 TOKENIZER = TEXT_FIXTURES / "tokenizer.json"
 TOK = load_tokenizer(TOKENIZER)
+MISSING = "rows with a missing label (absent, empty, or not a string or integer)"
 
 # GLUE's layouts, a few lines each, as the GLUE download writes them (tab-separated; quotes are text)
 SST2_TRAIN = ("sentence\tlabel\n"
@@ -159,11 +160,14 @@ def test_csv_quoting_and_jsonl(tmp_path):
     assert texts(t.train, 0) == ["Hello, world"] and texts(t.train, 1) == ['She said "no".']
     assert list(t.classes) == ["neg", "pos"] and t.train[0]["labels"] == 1
     lines = [{"premise": "a cat sat", "hypothesis": "an animal sat", "label": 1},
-             {"premise": "it rains", "hypothesis": "it is dry", "label": 0}, {"premise": "x", "label": 1}]
+             {"premise": "it rains", "hypothesis": "it is dry", "label": 0}, {"premise": "x", "label": 1},
+             {"premise": "y", "hypothesis": "z", "label": 0.5}, ["not", "an", "object"]]
     jsonl = "\n".join(json.dumps(x) for x in lines) + "\n\n"
     root = write(tmp_path / "j", {"train.jsonl": jsonl, "dev.jsonl": jsonl})
     t = build_task(task(format="jsonl", root=str(root), text_columns=["premise", "hypothesis"]), experiment())
-    assert len(t.train) == 2 and t.train.skipped.total == 1  # the row without a hypothesis
+    assert len(t.train) == 2 and t.train.skipped.counts == {  # no hypothesis; a float label; not an object
+        "rows with a missing or non-string text": 1, "lines that are not a JSON object": 1,
+        MISSING: 1}
     assert texts(t.train, 0) == ["a cat sat", "an animal sat"] and t.train[0]["labels"] == 1
 
 
@@ -197,9 +201,9 @@ def test_label_order_numeric_given_and_skipped_rows_counted(tmp_path, caplog):
         t = build_task(task(format="tsv", root=str(root)), experiment())
     assert list(t.classes) == ["1", "2", "10"]  # integers sort as numbers
     assert [t.train[i]["labels"] for i in range(len(t.train))] == [1, 2, 0, 2]
-    assert t.train.skipped.counts == {"rows with a missing or empty label": 1,
+    assert t.train.skipped.counts == {MISSING: 1,
                                       "lines with a number of fields other than the 2 columns": 1}
-    assert t.train.skipped.first["rows with a missing or empty label"] == "train.tsv:5"
+    assert t.train.skipped.first[MISSING] == "train.tsv:5"
     assert t.test.skipped.counts == {"rows with a label not among the 3 classes": 1}
     assert "train.tsv:3 ('7')" not in caplog.text and "dev.tsv:3 ('7')" in caplog.text
     assert "skipped 2 rows" in caplog.text and "skipped 1 rows" in caplog.text
