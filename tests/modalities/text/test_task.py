@@ -155,8 +155,9 @@ def test_cola_headerless_columns(tmp_path):
 
 def test_csv_quoting_and_jsonl(tmp_path):
     csv_text = 'text,label\n"Hello, world","pos"\n"She said ""no"".",neg\n'
-    root = write(tmp_path / "c", {"train.csv": csv_text, "dev.csv": csv_text})
-    t = build_task(task(format="csv", root=str(root), text_columns=["text"]), experiment())
+    root = write(tmp_path / "c", {"reviews_train.csv": csv_text, "reviews_valid.csv": csv_text})
+    t = build_task(task(format="csv", root=str(root), train_split="reviews_train.csv",
+                        test_split="reviews_valid.csv", text_columns=["text"]), experiment())
     assert texts(t.train, 0) == ["Hello, world"] and texts(t.train, 1) == ['She said "no".']
     assert list(t.classes) == ["neg", "pos"] and t.train[0]["labels"] == 1
     lines = [{"premise": "a cat sat", "hypothesis": "an animal sat", "label": 1},
