@@ -111,7 +111,12 @@ $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt &:
 $(TEXT_TOKENIZER): $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt
 	$(VENV)/bin/unimim tokenizer train $@ $^ --vocab-size 8192
 
-data-text: install text-packages $(TEXT_TOKENIZER)
+# the WordNet gloss-pair task (same lexicographer file or not) as GLUE TSVs, for recipes/text/finetune_wordnet_pairs_cpu
+$(TEXT_DATA)/wordnet_pairs/train.tsv:
+	$(MAKE) --no-print-directory text-packages
+	$(PY) -m modalities.text.data.wordnet_pairs $(TEXT_DATA)/wordnet_pairs
+
+data-text: install text-packages $(TEXT_TOKENIZER) $(TEXT_DATA)/wordnet_pairs/train.tsv
 
 demo-text: install data-text
 	$(VENV)/bin/unimim pretrain $(TEXT_RECIPE) train.out_dir=$(RUNS)

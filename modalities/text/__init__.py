@@ -1,12 +1,14 @@
 """The text modality: BPE tokenizers (tokenizers / sentencepiece), memory-mapped token blocks, BERT/span/random
-masking, the RoBERTa-style embedding adapter and the WordNet-category probe."""
+masking, the RoBERTa-style embedding adapter, the WordNet-category probe and the labelled text tasks of fine-tuning
+(sequence and sentence-pair classification from TSV / CSV / JSONL files or class folders, :mod:`.task`)."""
 
-from modalities.base import ModalitySpec
+from modalities.base import ModalitySpec, all_checks
 from modalities.text.data.dataset import TextDataConfig
 from modalities.text.data.source import bind_run_dir, build_eval_sets, build_pretrain_source, check_experiment, collate
 from modalities.text.data.tiny import tiny_data
 from modalities.text.masking import TextMaskConfig
 from modalities.text.model.adapter import TextAdapter, TextAdapterConfig
+from modalities.text.task import TextTaskConfig, build_task, check_experiment_task
 
 TEXT = ModalitySpec(
     adapter_config=TextAdapterConfig,
@@ -16,7 +18,7 @@ TEXT = ModalitySpec(
     build_pretrain_source=build_pretrain_source,
     build_eval_sets=build_eval_sets,
     collate=collate,
-    check=check_experiment,
+    check=all_checks(check_experiment, check_experiment_task),
     bind_run_dir=bind_run_dir,
     tiny=(
         "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2",
@@ -27,4 +29,6 @@ TEXT = ModalitySpec(
         "probe.epochs=5",
     ),
     tiny_data=tiny_data,
+    task_config=TextTaskConfig,
+    build_task=build_task,
 )
