@@ -129,7 +129,7 @@ def single_process(out: Path, *extra: str):
     """The single-process engine on the same global batch (16 = 2 x 8): per-step losses and final weights."""
     result = pretrain(load_recipe(RECIPE, COMMON + ["train.batch_size=16", f"train.out_dir={out}", *extra]),
                       progress=False)
-    return result.losses, load_checkpoint(result.run_dir / "checkpoint.pt")["model"]
+    return result.losses, load_checkpoint(result.run_dir / "model.safetensors")["model"]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def assert_matches_reference(run_dir: Path, reference, loss_rtol: float = LOSS_R
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in rows] == pytest.approx(losses, rel=loss_rtol)
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt")  # the consolidated fp32 export, in the project's format
+    ckpt = load_checkpoint(run_dir / "model.safetensors")  # the consolidated fp32 export, in the project's format
     assert ckpt["step"] == STEPS
     model = ckpt["model"]
     assert model.keys() == ref_model.keys()

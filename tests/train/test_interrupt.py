@@ -48,11 +48,11 @@ def test_a_signal_finishes_the_step_checkpoints_it_and_the_run_resumes(tmp_path,
     signal_during_step(monkeypatch, signum, at_step=1)
     cfg = tiny(tmp_path)
     with pytest.raises(TrainingInterrupted, match=rf"stopped by {signum.name} after step 2; checkpoint: .*"
-                                                  r"checkpoint.pt \(step 2\); run the same command") as info:
+                                                  r"model.safetensors \(step 2\); run the same command") as info:
         pretrain(cfg, progress=False)
     assert info.value.exit_code == 128 + signum
     assert signal.getsignal(signum) is before  # the run's handlers are gone
-    assert load_checkpoint(cfg.run_dir / "checkpoint.pt")["step"] == 2
+    assert load_checkpoint(cfg.run_dir / "model.safetensors")["step"] == 2
     assert [r["step"] for r in read_metrics(cfg.run_dir)] == [1, 2]
     monkeypatch.undo()
     resumed = pretrain(tiny(tmp_path, "train.stop_after=1"), progress=False)
@@ -71,7 +71,7 @@ def test_a_second_sigint_aborts_at_once_without_a_checkpoint(tmp_path, monkeypat
     cfg = tiny(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, progress=False)
-    assert not (cfg.run_dir / "checkpoint.pt").exists()
+    assert not (cfg.run_dir / "model.safetensors").exists()
     assert not list(cfg.run_dir.glob(".*.tmp"))
 
 
@@ -99,5 +99,5 @@ def test_the_command_exits_with_128_plus_the_signal_and_one_line(tmp_path, signu
     assert proc.returncode == 128 + signum, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert f"stopped by {signum.name} after step" in err and "run the same command to continue" in err
-    step = load_checkpoint(tmp_path / "d2v_fmnist" / "checkpoint.pt")["step"]
+    step = load_checkpoint(tmp_path / "d2v_fmnist" / "model.safetensors")["step"]
     assert [r["step"] for r in read_metrics(tmp_path / "d2v_fmnist")] == list(range(1, step + 1))

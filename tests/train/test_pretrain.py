@@ -41,7 +41,7 @@ def test_every_recipe_smoke(recipe, tmp_path):
         assert rows[0]["weight_decay"] == pytest.approx(cfg.optim.weight_decay)
         assert rows[-1]["weight_decay"] > rows[0]["weight_decay"]
     assert (result.run_dir / "config.yaml").is_file()
-    ckpt = load_checkpoint(result.run_dir / "checkpoint.pt")
+    ckpt = load_checkpoint(result.run_dir / "model.safetensors")
     assert ckpt["step"] == 3 and ckpt["config"]["name"] == cfg.name
 
 
@@ -69,8 +69,8 @@ def test_resume_continues_the_same_trajectory(tmp_path, monkeypatch):
     assert resumed.start_step == 2 and len(resumed.losses) == 2
 
     assert _losses(straight.run_dir) == _losses(resumed.run_dir)  # bit-identical on CPU in fp32
-    a = load_checkpoint(straight.run_dir / "checkpoint.pt")["model"]
-    b = load_checkpoint(resumed.run_dir / "checkpoint.pt")["model"]
+    a = load_checkpoint(straight.run_dir / "model.safetensors")["model"]
+    b = load_checkpoint(resumed.run_dir / "model.safetensors")["model"]
     for k in a:
         if k.endswith("_extra_state"):
             for tk, tv in a[k]["teacher"].items():
@@ -101,9 +101,9 @@ def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(d2v, "regression_loss", nan_on_second_step)
     cfg = tiny(ROOT / "recipes/image/data2vec_fmnist_cpu.yaml", tmp_path, "train.checkpoint_every=1")
-    with pytest.raises(NonFiniteLossError, match=r"at step 1; last good checkpoint: .*checkpoint.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 1; last good checkpoint: .*model.safetensors"):
         pretrain(cfg, progress=False)
-    assert load_checkpoint(cfg.run_dir / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(cfg.run_dir / "model.safetensors")["step"] == 1
 
 
 def test_collapse_floor_stops_the_run(tmp_path):

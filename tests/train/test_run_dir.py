@@ -48,7 +48,7 @@ def test_resume_after_a_kill_logs_each_step_once_and_removes_partial_files(tmp_p
         pretrain(cfg, progress=False)
     monkeypatch.undo()
     assert steps(cfg.run_dir) == [1, 2, 3, 4, 5]
-    partial = cfg.run_dir / ".checkpoint.pt.k1ll3d.tmp"  # what a kill during a checkpoint write leaves
+    partial = cfg.run_dir / ".model.safetensors.k1ll3d.tmp"  # what a kill during a checkpoint write leaves
     partial.write_bytes(b"half a checkpoint")
     with (cfg.run_dir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "lo')  # and a torn last line
@@ -65,8 +65,8 @@ def test_resume_false_sets_the_earlier_run_aside_and_starts_clean(tmp_path):
     assert again.start_step == 0 and steps(again.run_dir) == [1, 2]  # not a second trajectory appended
     (aside,) = again.run_dir.glob("replaced-*")
     assert [r["loss"] for r in read_metrics(aside)] == old_losses
-    assert load_checkpoint(aside / "checkpoint.pt")["step"] == 2
-    assert load_checkpoint(again.run_dir / "checkpoint.pt")["step"] == 2
+    assert load_checkpoint(aside / "model.safetensors")["step"] == 2
+    assert load_checkpoint(again.run_dir / "model.safetensors")["step"] == 2
 
 
 def test_a_second_concurrent_run_in_the_same_directory_is_refused(tmp_path):
@@ -102,7 +102,7 @@ def test_non_finite_loss_after_a_resume_names_the_checkpoint_resumed_from(tmp_pa
     pretrain(tiny(tmp_path, "train.steps=4", "train.stop_after=2"), progress=False)
     real = d2v.regression_loss
     monkeypatch.setattr(d2v, "regression_loss", lambda *a, **kw: real(*a, **kw) * float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"at step 2; last good checkpoint: .*checkpoint.pt \(step 2\)$"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 2; last good checkpoint: .*model.safetensors \(step 2\)$"):
         pretrain(tiny(tmp_path, "train.steps=4"), progress=False)
 
 
@@ -128,10 +128,10 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint
     run_dir = tmp_path / "d2v_fmnist"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert f"cannot write the checkpoint of step 2 to {run_dir / 'checkpoint.pt'}: {name}" in errors[0]
+    assert f"cannot write the checkpoint of step 2 to {run_dir / 'model.safetensors'}: {name}" in errors[0]
     assert "the checkpoint of step 1 is kept" in errors[0]
     monkeypatch.undo()
-    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(run_dir / "model.safetensors")["step"] == 1
     assert not list(run_dir.glob(".*.tmp"))
 
 

@@ -49,7 +49,7 @@ class TrainConfig:
     out_dir: str = "runs"             # the run directory is out_dir/name
     log_every: int = 10               # optimizer steps between metric lines
     checkpoint_every: int = 500       # optimizer steps between checkpoints (and at the end)
-    resume: bool = True               # continue from out_dir/name/checkpoint.pt when it exists; false: start over,
+    resume: bool = True               # continue from out_dir/name/model.safetensors when it exists; false: start over,
                                       # the earlier run's files moved to out_dir/name/replaced-<time>/
     threads: int | None = None        # torch intra-op threads (None = torch default)
     stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job

@@ -5,8 +5,9 @@ task of its modality and, with the same recipe, seed and budget, the same archit
     RUN_DIR/finetune/<task>/
         finetune.json, finetune.txt     both inits: test metric(s), training time, pretrained - random with a paired
                                         bootstrap interval, per-example test predictions, the resolved config
-        pretrained/ random/             one training run each: checkpoint.pt (the fine-tuned backbone + head, and
-                                        what resuming needs), config.yaml, metrics.jsonl, result.json once finished
+        pretrained/ random/             one training run each: model.safetensors + training_state.pt (the fine-tuned
+                                        backbone + head, and what resuming needs), config.yaml, metrics.jsonl,
+                                        result.json once finished
 
 An interrupted fine-tune continues from its checkpoint; a finished init is not re-run (``train.resume=false``
 starts over, the earlier files set aside). The recipe and the overrides apply over the run's own config and may

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from unimim.app.registry import MODALITIES, build_objective
-from unimim.train.checkpoint import CHECKPOINT_NAME
+from unimim.train.checkpoint import has_checkpoint
 from unimim.train.run import PretrainResult, prepare_process, run_context, run_pretraining
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def will_resume(cfg: Any) -> bool:
     """Whether ``run_pretraining`` will continue a checkpoint of ``cfg.run_dir`` (single-process or DeepSpeed)."""
     run_dir = cfg.run_dir
-    return cfg.train.resume and ((run_dir / CHECKPOINT_NAME).is_file() or (run_dir / "deepspeed" / "latest").is_file())
+    return cfg.train.resume and (has_checkpoint(run_dir) or (run_dir / "deepspeed" / "latest").is_file())
 
 
 def pretrain(cfg: Any, *, progress: bool = True) -> PretrainResult:

@@ -1,13 +1,16 @@
 """Checkpoints of a DeepSpeed run: DeepSpeed's own sharded save / load on every rank, plus an export of the
-consolidated fp32 weights to the project's checkpoint format (``checkpoint.pt``, read by ``unimim probe``).
+consolidated fp32 weights to the project's checkpoint format (``model.safetensors`` + ``training_state.pt``, read by
+``unimim probe``). Nothing is unpickled beyond tensors and plain data: our files are read with
+``torch.load(weights_only=True)``, and DeepSpeed's own reads go through :class:`WeightsOnlyCheckpointEngine`.
 
 Layout of a run directory (it must be on a filesystem every node sees, as DeepSpeed's checkpoints require)::
 
     deepspeed/latest                 name of the newest complete tag (written by DeepSpeed after all ranks saved)
     deepspeed/step{N}/               DeepSpeed's files (module, per-rank ZeRO optimizer shards) and ours:
         unimim.pt                    step, resolved config, world size, the objective's extra state (EMA teacher)
-        rng_rank{r}.pt               each rank's RNG states
-    checkpoint.pt                    consolidated fp32 student + teacher, in the single-process format
+        rng_rank{r}.pt               each rank's RNG states (tensors, lists, ints)
+    model.safetensors                consolidated fp32 student + teacher, in the single-process format, with
+    training_state.pt                the step, the config and the tag it was exported from
 """
 
 from __future__ import annotations
@@ -22,13 +25,49 @@ import torch
 
 from unimim.config import ConfigError
 from unimim.train import distributed as dist_utils
-from unimim.train.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, rng_state, set_rng_state
+from unimim.train.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_save,
+    rng_state,
+    safe_load,
+    set_rng_state,
+    write_checkpoint,
+)
 from unimim.train.ds_engine import DeepSpeedEngine
 from unimim.train.run_dir import OutputError, describe_os_error
 
 log = logging.getLogger(__name__)
 
 DS_DIR = "deepspeed"
+UNIMIM_STATE_VERSION = 2  # unimim.pt: 1 had no version and numpy RNG arrays (still read, weights-only)
+
+
+def _deepspeed_plain_classes() -> list[Any]:
+    """The classes DeepSpeed puts in its checkpoint files beside tensors and plain data: the loss scaler (ZeRO
+    optimizers store the object), the ZeRO stage (an int enum), the bf16 optimizer's slice addresses (a dataclass).
+    Unpickling them sets attributes and runs none of the file's code; every other class stays refused."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class WeightsOnlyCheckpointEngine:
+    """DeepSpeed's checkpoint engine with ``load`` reading weights-only (DeepSpeed's ``TorchCheckpointEngine``
+    calls ``torch.load(weights_only=False)``); saving and everything else go to the engine it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.allowed = _deepspeed_plain_classes()
+
+    def __getattr__(self, name: str) -> Any:  # only for what this class does not define
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return safe_load(path, "DeepSpeed checkpoint file", map_location, allow=self.allowed)
 
 
 def _extra_state(model: torch.nn.Module) -> dict[str, Any]:
@@ -44,11 +83,15 @@ class DeepSpeedCheckpoints:
         self.run_dir = Path(run_dir)
         self.save_dir = self.run_dir / DS_DIR
         self.config = config
+        ds = engine.ds
+        if not isinstance(ds.checkpoint_engine, WeightsOnlyCheckpointEngine):
+            ds.checkpoint_engine = WeightsOnlyCheckpointEngine(ds.checkpoint_engine)
 
     def save(self, step: int) -> str:
         """Every rank writes its shard of step ``step``; rank 0 then prunes older tags and exports
-        ``checkpoint.pt``. Returns the exported path. A write that fails (disk full, no permission) is one
-        :class:`~unimim.train.run_dir.OutputError`; the previous complete tag and export are kept."""
+        ``model.safetensors`` + ``training_state.pt``. Returns the exported weights' path. A write that fails (disk
+        full, no permission) is one :class:`~unimim.train.run_dir.OutputError`; the previous complete tag and export
+        are kept."""
         try:
             return self._save(step)
         except OSError as e:
@@ -61,8 +104,8 @@ class DeepSpeedCheckpoints:
         tag_dir = self.save_dir / tag
         if e.is_main:
             tag_dir.mkdir(parents=True, exist_ok=True)
-            atomic_save({"step": step, "config": self.config, "world_size": e.world_size,
-                         "extra_state": _extra_state(e.objective)}, tag_dir / "unimim.pt")
+            atomic_save({"version": UNIMIM_STATE_VERSION, "step": step, "config": self.config,
+                         "world_size": e.world_size, "extra_state": _extra_state(e.objective)}, tag_dir / "unimim.pt")
         dist_utils.barrier()
         atomic_save(rng_state(), tag_dir / f"rng_rank{e.rank}.pt")
         e.ds.save_checkpoint(str(self.save_dir), tag=tag)  # every rank; 'latest' is updated once all have saved
@@ -73,8 +116,8 @@ class DeepSpeedCheckpoints:
             for old in self.save_dir.glob("step*"):
                 if old.name != tag and old.is_dir():
                     shutil.rmtree(old)
-            atomic_save({"version": FORMAT_VERSION, "step": step, "model": full,
-                         "engine": {"deepspeed": str(tag_dir)}, "rng": rng_state(), "config": self.config}, path)
+            write_checkpoint(self.run_dir, model_state=full, engine_state={"deepspeed": str(tag_dir)}, step=step,
+                             config=self.config)
             log.info("saved DeepSpeed checkpoint %s and the consolidated fp32 export %s", tag_dir, path)
         dist_utils.barrier()
         return str(path)
@@ -91,7 +134,10 @@ class DeepSpeedCheckpoints:
         for p in (info_path, rng_path):
             if not p.is_file():
                 raise RuntimeError(f"DeepSpeed checkpoint {tag_dir} is incomplete: {p.name} is missing")
-        info = torch.load(info_path, map_location="cpu", weights_only=False)
+        if self.engine.ds.load_universal_checkpoint():
+            raise ConfigError("checkpoint.load_universal in the DeepSpeed config is not supported: DeepSpeed reads "
+                              "universal checkpoints with a full unpickler; remove it from deepspeed.config")
+        info = safe_load(info_path, "DeepSpeed checkpoint state", "cpu")
         check_config(info["config"], self.config)
         if info["world_size"] != self.engine.world_size:
             raise ConfigError(
@@ -103,5 +149,5 @@ class DeepSpeedCheckpoints:
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load its checkpoint {tag_dir}")
         self.engine.objective.load_state_dict(info["extra_state"], strict=False)  # teacher + update count
-        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+        set_rng_state(safe_load(rng_path, "DeepSpeed checkpoint RNG state", "cpu"))
         return int(info["step"])

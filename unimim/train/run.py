@@ -20,7 +20,13 @@ import yaml
 from unimim.config import ConfigError, to_dict
 from unimim.core.batch import Batch
 from unimim.train import distributed as dist_utils
-from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from unimim.train.checkpoint import (
+    CHECKPOINT_NAME,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from unimim.train.data import ExampleSource, make_loader
 from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
@@ -221,8 +227,8 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
             start = store.resume(partial(check_resumable, allowed=resumable))
         save = store.save
     else:
-        if cfg.train.resume and ckpt_path.is_file():
-            ckpt = load_checkpoint(ckpt_path, map_location=engine.device)
+        if cfg.train.resume and has_checkpoint(run_dir):
+            ckpt = load_checkpoint(run_dir, map_location=engine.device)
             check_resumable(ckpt["config"], resolved, resumable)
             objective.load_state_dict(ckpt["model"])
             engine.load_state_dict(ckpt["engine"])

@@ -104,7 +104,7 @@ def tiny_tokenizer(directory: Path, codebook_size: int = 16) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same tokenizer on every call
         model = DiscreteVAE(cfg)
-    return model.save(Path(directory) / "tiny_tokenizer.pt")
+    return model.save(Path(directory) / "tiny_tokenizer.safetensors")
 
 
 BEIT_SPEC = ObjectiveSpec(

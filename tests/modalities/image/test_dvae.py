@@ -96,7 +96,7 @@ def test_dead_codes_warn_and_usage_is_logged(caplog):
 def test_save_load_roundtrip_is_frozen_and_identical(tmp_path):
     torch.manual_seed(0)
     model = DiscreteVAE(SMALL)
-    path = model.save(tmp_path / "tok.pt")
+    path = model.save(tmp_path / "tok.safetensors")
     loaded = load_tokenizer(path)
     x = torch.randn(2, 1, 16, 16)
     assert torch.equal(loaded.codes(x), model.codes(x))
@@ -121,7 +121,7 @@ def test_training_run_reduces_reconstruction_and_loads_as_tokenizer(tmp_path):
     from modalities.image.objectives.tokenizer.dvae import main
 
     assert main([str(cfg.run_dir)]) == 0  # export on its own
-    again = load_tokenizer(cfg.run_dir / "tokenizer.pt")
+    again = load_tokenizer(cfg.run_dir / "tokenizer.safetensors")
     x = torch.randn(2, 1, 16, 16)
     assert torch.equal(again.codes(x), tok.codes(x))
     with pytest.raises(RuntimeError, match="not of a dVAE"):
@@ -133,4 +133,4 @@ def _data2vec_checkpoint(tmp_path: Path) -> Path:
     cfg = load_recipe(recipe, tiny_overrides("image", "data2vec", tmp_path) + [f"train.out_dir={tmp_path}",
                                                                               "train.steps=1"])
     pretrain(cfg, progress=False)
-    return cfg.run_dir / "checkpoint.pt"
+    return cfg.run_dir / "model.safetensors"

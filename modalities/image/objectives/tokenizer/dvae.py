@@ -10,13 +10,16 @@ unilm ``beit/modeling_discrete_vae.py``, karpathy/deep-vector-quantization ``Gum
 The token grid must equal the ViT's patch grid: a tokenizer of ``image_size`` S and ``num_layers`` n gives an
 (S / 2^n)^2 grid (28 px, n=2 -> 7 x 7 = the patch-4 grid of a 28-px ViT; 112 px, n=3 -> 14 x 14 = ViT-B/16 at 224).
 
-File format (:meth:`DiscreteVAE.save`): ``{"format": "unimim-dvae", "version": 1, "config": {...}, "state_dict":
-{...}}``, written atomically. :func:`load_tokenizer` also reads a dVAE pretraining run directory (``objective:
-dvae``) directly.
+File format (:meth:`DiscreteVAE.save`, version 2): ``tokenizer.safetensors``, the weights in safetensors with
+``format: unimim-dvae``, ``version: 2`` and ``config`` (the :class:`DVAEConfig` as JSON) in its metadata, written
+atomically. :func:`load_tokenizer` also reads a dVAE pretraining run directory (``objective: dvae``) or its
+checkpoint directly, and a version-1 ``tokenizer.pt`` (``{"format", "version": 1, "config", "state_dict"}``, read
+with ``torch.load(weights_only=True)``: nothing but tensors and plain data is unpickled).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,12 +30,23 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from unimim.train.checkpoint import atomic_save
+from unimim.train.checkpoint import (
+    CHECKPOINT_NAME,
+    LEGACY_CHECKPOINT_NAME,
+    has_checkpoint,
+    load_checkpoint,
+    load_state_file,
+    safe_load,
+    save_state_file,
+)
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "unimim-dvae"
-VERSION = 1
+VERSION = 2
+LEGACY_VERSION = 1  # tokenizer.pt: a torch.save dict
+TOKENIZER_NAME = "tokenizer.safetensors"
+LEGACY_TOKENIZER_NAME = "tokenizer.pt"
 
 
 @dataclass
@@ -132,32 +146,49 @@ class DiscreteVAE(nn.Module):
         return self.decode_soft(one_hot.to(self.codebook.weight.dtype))
 
     def save(self, path: str | Path) -> Path:
-        """Write the tokenizer on its own (config + weights), atomically."""
-        atomic_save({"format": FORMAT, "version": VERSION, "config": asdict(self.cfg),
-                     "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}, path)
+        """Write the tokenizer on its own (config + weights) in safetensors, atomically."""
+        if Path(path).suffix != ".safetensors":
+            raise ValueError(f"a tokenizer file is safetensors: name it *.safetensors, not {Path(path).name}")
+        save_state_file(path, self.state_dict(), {"format": FORMAT, "version": str(VERSION),
+                                                  "config": json.dumps(asdict(self.cfg))})
         logger.info("saved the dVAE tokenizer (%d codes, grid %s) to %s", self.cfg.codebook_size, self.grid, path)
         return Path(path)
 
 
 def load_tokenizer(path: str | Path) -> DiscreteVAE:
-    """A frozen, eval-mode tokenizer from a tokenizer file or a dVAE pretraining run directory / checkpoint."""
+    """A frozen, eval-mode tokenizer from a tokenizer file (``tokenizer.safetensors``; a version-1 ``tokenizer.pt``)
+    or a dVAE pretraining run directory / its checkpoint. No file is unpickled beyond tensors and plain data."""
     path = Path(path)
     if path.is_dir():
-        if (path / "tokenizer.pt").is_file():
-            return load_tokenizer(path / "tokenizer.pt")
+        for name in (TOKENIZER_NAME, LEGACY_TOKENIZER_NAME):
+            if (path / name).is_file():
+                return load_tokenizer(path / name)
         return _from_run(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer not found: {path}. Train one first (e.g. `unimim pretrain recipes/image/dvae_fmnist_cpu.yaml`) "
-            "and point method.tokenizer at its run directory or at an exported tokenizer.pt"
+            f"and point method.tokenizer at its run directory or at an exported {TOKENIZER_NAME}"
         )
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if path.suffix == ".safetensors":
+        if path.name == CHECKPOINT_NAME:  # the weights of a pretraining checkpoint
+            model = _from_checkpoint(load_checkpoint(path), path)
+        else:
+            state, meta = load_state_file(path, "tokenizer")
+            if meta.get("format") != FORMAT:
+                raise RuntimeError(f"{path} is not a unimim dVAE tokenizer file (format {meta.get('format')!r})")
+            if meta.get("version") != str(VERSION):
+                raise RuntimeError(f"{path}: tokenizer format version {meta.get('version')}, expected {VERSION}")
+            model = DiscreteVAE(DVAEConfig(**json.loads(meta["config"])))
+            model.load_state_dict(state)
+        return freeze(model)
+    obj = safe_load(path, "tokenizer")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        if obj.get("version") != VERSION:
-            raise RuntimeError(f"{path}: tokenizer format version {obj.get('version')}, expected {VERSION}")
+        if obj.get("version") != LEGACY_VERSION:
+            raise RuntimeError(f"{path}: tokenizer format version {obj.get('version')}, expected {LEGACY_VERSION} "
+                               f"in a .pt file ({VERSION} is a .safetensors file)")
         model = DiscreteVAE(DVAEConfig(**obj["config"]))
         model.load_state_dict(obj["state_dict"])
-    elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # a pretraining checkpoint
+    elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # a version-1 pretraining checkpoint
         model = _from_checkpoint(obj, path)
     else:
         raise RuntimeError(f"{path} is neither a unimim dVAE tokenizer file nor a dVAE pretraining checkpoint")
@@ -165,10 +196,10 @@ def load_tokenizer(path: str | Path) -> DiscreteVAE:
 
 
 def _from_run(run_dir: Path) -> DiscreteVAE:
-    ckpt = run_dir / "checkpoint.pt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{run_dir} holds neither tokenizer.pt nor checkpoint.pt")
-    return load_tokenizer(ckpt)
+    if not has_checkpoint(run_dir):
+        raise FileNotFoundError(f"{run_dir} holds neither {TOKENIZER_NAME} nor a checkpoint ({CHECKPOINT_NAME}; "
+                                f"{LEGACY_CHECKPOINT_NAME} of format version 1)")
+    return _from_checkpoint(load_checkpoint(run_dir), run_dir)
 
 
 def _from_checkpoint(ckpt: dict[str, Any], path: Path) -> DiscreteVAE:
@@ -193,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="export the dVAE tokenizer of a pretraining run to its own file")
     parser.add_argument("run_dir")
-    parser.add_argument("out", nargs="?", help="output file (default RUN_DIR/tokenizer.pt)")
+    parser.add_argument("out", nargs="?", help=f"output file (default RUN_DIR/{TOKENIZER_NAME})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model = _from_run(Path(args.run_dir))
-    out = Path(args.out) if args.out else Path(args.run_dir) / "tokenizer.pt"
+    out = Path(args.out) if args.out else Path(args.run_dir) / TOKENIZER_NAME
     model.save(out)
     info = yaml.safe_dump({"codebook_size": model.cfg.codebook_size, "grid": list(model.grid)}, sort_keys=False)
     logger.info("tokenizer: %s", info.strip().replace("\n", ", "))
