@@ -19,6 +19,7 @@ from unimim.app.cli import main
 from unimim.app.experiment import load_recipe
 from unimim.app.finetune import build_finetune_model, load_finetune_config
 from unimim.app.registry import MODALITIES, build_objective
+from unimim.train.checkpoint import CHECKPOINT_NAME, has_checkpoint
 from unimim.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def test_finetune_writes_both_inits_and_resumes_after_an_interruption(pretrained
     assert d["diff"] == pytest.approx(out["results"]["pretrained"]["top1"] - out["results"]["random"]["top1"])
     assert out["config"]["finetune"]["steps"] == 4 and out["config"]["train"]["batch_size"] == 16
     for init in ("pretrained", "random"):
-        assert (task_dir / init / "checkpoint.pt").is_file()
+        assert has_checkpoint(task_dir / init) and (task_dir / init / CHECKPOINT_NAME).is_file()
         assert [row["step"] for row in read_metrics(task_dir / init)] == [1, 2, 3, 4]
 
     # interrupted after 2 of 4 steps (a job slice), then the same command: the same fine-tune as without the stop

@@ -20,6 +20,7 @@ from unimim.app.cli import main
 from unimim.app.experiment import load_recipe
 from unimim.app.pretrain import pretrain
 from unimim.config import ConfigError
+from unimim.train.checkpoint import has_checkpoint
 from unimim.train.metrics import WANDB_ID_NAME, MetricsWriter, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +157,7 @@ def test_pretrain_asking_for_a_missing_wandb_is_exit_2(tmp_path, monkeypatch, ca
     with caplog.at_level(logging.ERROR):
         assert main(["pretrain", str(RECIPE), *args, "--no-progress"]) == 2
     assert "pip install 'unimim[wandb]'" in caplog.text
-    assert not (tmp_path / "nowb" / "checkpoint.pt").exists() and not (tmp_path / "nowb" / "metrics.jsonl").exists()
+    assert not has_checkpoint(tmp_path / "nowb") and not (tmp_path / "nowb" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
