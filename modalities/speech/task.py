@@ -206,5 +206,5 @@ def build_task(task: SpeechTaskConfig, cfg: Any, train_augment: bool) -> Labelle
         name=task.name or task.kind, kind=kind, train=sets[0], test=sets[1],
         collate=LabelledCollate(kind, conv, masking), classes=classes,
         collate_eval=LabelledCollate(kind, conv, None) if masking is not None else None,
-        token_padding=FramePadding(conv),
+        token_padding=FramePadding(conv), frozen=tuple(task.frozen), freeze_encoder_steps=task.freeze_encoder_steps,
     )
