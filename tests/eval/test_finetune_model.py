@@ -305,3 +305,33 @@ def test_compare_inits_says_which_direction_is_better():
     assert compare_inits(ctc([0, 1] * 20), ctc([1, 0] * 20))["better_init"] == "neither"
     acc = compare_inits({"correct": [True] * 40}, {"correct": [False] * 40})
     assert acc["better"] == "higher" and acc["diff"] == 1.0 and acc["better_init"] == "pretrained"
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_first_token_dense_tanh_head_matches_roberta_classification_head(prefix):
+    """pool=first + head_dense: RobertaForSequenceClassification's classifier (dropout -> dense -> tanh -> dropout ->
+    out_proj on token 0) with the same weights, in eval mode and with the same dropout draws in training mode."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=32,
+                                     num_labels=3, hidden_dropout_prob=0.1, classifier_dropout=None)
+    ref = transformers.RobertaForSequenceClassification(cfg).classifier
+    tokens = torch.randn(4, 7, 16)
+    model = FinetuneModel(nn.Linear(1, 1), lambda x, padding_mask=None, layers=None: x, kind="classification",
+                          num_classes=3, dim=16, num_prefix_tokens=prefix, num_layers=0,
+                          cfg=FinetuneConfig(pool="first", fc_norm=False, head_dense=True, head_dropout=0.1,
+                                             head_init_std=0.02))
+    with torch.no_grad():
+        model.head_dense.weight.copy_(ref.dense.weight)
+        model.head_dense.bias.copy_(ref.dense.bias)
+        model.head.weight.copy_(ref.out_proj.weight)
+        model.head.bias.copy_(ref.out_proj.bias)
+    model.eval(), ref.eval()
+    logits, _ = model.logits(Batch(inputs=tokens))
+    assert torch.allclose(logits, ref(tokens), atol=1e-6)
+    model.train(), ref.train()
+    torch.manual_seed(1)
+    expected = ref(tokens)
+    torch.manual_seed(1)
+    got, _ = model.logits(Batch(inputs=tokens))
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, logits, atol=1e-3)

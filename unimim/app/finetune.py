@@ -187,7 +187,8 @@ def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_
     train = dataclasses.replace(cfg.train, steps=steps, batch_size=ft.batch_size, accumulate=ft.accumulate,
                                 seed=ft.seed, out_dir=str(task_dir))
     optim = dataclasses.replace(ft.optim, warmup_steps=warmup)
-    model_cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, drop_path=ft.drop_path))
+    dropouts = {k: getattr(ft, k) for k in ("dropout", "attn_dropout") if getattr(ft, k) is not None}
+    model_cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, drop_path=ft.drop_path, **dropouts))
     view = FinetuneRun(name=init, modality=cfg.modality, objective=cfg.objective,
                        pretrained_step=pretrained_step if init == "pretrained" else None, train=train, optim=optim,
                        finetune=ft, task=to_dict(cfg.task), encoder=model_cfg.encoder, adapter=to_dict(cfg.adapter))

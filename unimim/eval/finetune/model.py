@@ -1,7 +1,8 @@
 """The fine-tuned model: the backbone that ``encode`` runs, and a task head on its tokens.
 
-classification: encode -> pool (mean of the non-prefix tokens, or cls) -> ``fc_norm`` -> dropout -> linear head
-    -> (B, C) logits; cross-entropy with label smoothing, or the soft targets of timm's ``Mixup`` (mixup / cutmix).
+classification: encode -> pool (mean of the non-prefix tokens, cls, or token 0) -> ``fc_norm`` -> dropout
+    [-> dense -> tanh -> dropout: ``head_dense``, RoBERTa's ``RobertaClassificationHead``] -> linear head -> (B, C)
+    logits; cross-entropy with label smoothing, or the soft targets of timm's ``Mixup`` (mixup / cutmix).
     With ``fc_norm`` the pooled features are those of the last block before the encoder's final norm
     (``encode(layers=[-1])``), as MAE's ``--global_pool`` and BEiT's ``use_mean_pooling`` drop that norm
     (facebookresearch/mae ``models_vit.py``; microsoft/unilm beit ``modeling_finetune.py``); timm's
@@ -105,6 +106,10 @@ class FinetuneModel(nn.Module):
         use_norm = kind == "classification" and cfg.fc_norm
         self.fc_norm = nn.LayerNorm(dim, eps=norm_eps) if use_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head_dense = None
+        if kind == "classification" and cfg.head_dense:
+            self.head_dense = nn.Linear(dim, dim)
+            init_head(self.head_dense, cfg.head_init_std)
         self.head = nn.Linear(dim, num_classes)
         init_head(self.head, cfg.head_init_std, cfg.head_init_scale)
         self.mixup = None
@@ -153,15 +158,25 @@ class FinetuneModel(nn.Module):
         x = self.tokens(batch)  # (B, T, D)
         p = self.num_prefix_tokens
         if self.kind == "classification":
-            pooled = pool_tokens(x, pool=self.cfg.pool, num_prefix_tokens=p,
-                                 padding_mask=self._token_padding(batch, x.shape[1] - p))  # (B, D)
-            return self.head(self.head_drop(self.fc_norm(pooled))), None
+            if self.cfg.pool == "first":
+                pooled = x[:, 0]  # (B, T, D) -> (B, D): token 0 (<s>), prefix or not
+            else:
+                pooled = pool_tokens(x, pool=self.cfg.pool, num_prefix_tokens=p,
+                                     padding_mask=self._token_padding(batch, x.shape[1] - p))  # (B, D)
+            return self.classify(pooled), None
         body = x[:, p:]  # (B, T, D) -> (B, N, D)
         pad = self._token_padding(batch, body.shape[1])
         if pad is not None and pad.shape[1] != body.shape[1]:
             pad = pad[:, p:]  # (B, P + N) -> (B, N)
         lengths = None if pad is None else (~pad.bool()).sum(dim=1)  # (B,)
         return self.head(self.head_drop(body)), lengths
+
+    def classify(self, pooled: Tensor) -> Tensor:
+        """(B, D) pooled features -> (B, C) logits: fc_norm -> dropout [-> dense -> tanh -> dropout] -> head."""
+        h = self.head_drop(self.fc_norm(pooled))
+        if self.head_dense is not None:
+            h = self.head_drop(torch.tanh(self.head_dense(h)))
+        return self.head(h)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         if batch.labels is None:
