@@ -4,7 +4,7 @@ masking, the RoBERTa-style embedding adapter, the WordNet-category probe and the
 
 from modalities.base import ModalitySpec, all_checks
 from modalities.text.data.dataset import TextDataConfig
-from modalities.text.data.source import bind_run_dir, build_eval_sets, build_pretrain_source, check_experiment, collate
+from modalities.text.data.source import bind_run_dir, build_pretrain_source, check_experiment
 from modalities.text.data.tiny import tiny_data
 from modalities.text.masking import TextMaskConfig
 from modalities.text.model.adapter import TextAdapter, TextAdapterConfig
@@ -16,8 +16,6 @@ TEXT = ModalitySpec(
     mask_config=TextMaskConfig,
     build_adapter=lambda adapter, encoder: TextAdapter(adapter, dim=encoder.dim, norm_eps=encoder.norm_eps),
     build_pretrain_source=build_pretrain_source,
-    build_eval_sets=build_eval_sets,
-    collate=collate,
     check=all_checks(check_experiment, check_experiment_task),
     bind_run_dir=bind_run_dir,
     tiny=(
