@@ -23,6 +23,7 @@ SPEECH = ModalitySpec(
         "adapter.pos_conv_kernel=5", "adapter.pos_conv_groups=4", "data.min_samples=4000", "data.max_samples=16000",
         "data.eval_clip_samples=12000", "train.batch_size=4", "train.steps=3", "train.num_workers=0",
         "train.log_every=1", "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
+        "finetune.batch_size=4", "finetune.steps=3", "finetune.eval_batch_size=16",
     ),
     tiny_data=tiny_data,
     task_config=SpeechTaskConfig,

@@ -24,7 +24,7 @@ TEXT = ModalitySpec(
         "data.block_size=32", "data.probe_max_tokens=16", "data.cache_dir=null", "data.probe_test_fraction=0.3",
         "train.batch_size=4", "train.steps=3", "train.num_workers=0", "train.log_every=1",
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
-        "probe.epochs=5",
+        "probe.epochs=5", "finetune.batch_size=8", "finetune.steps=3", "finetune.eval_batch_size=64",
     ),
     tiny_data=tiny_data,
     task_config=TextTaskConfig,
