@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from unimim.eval.task import LabelledTask
 from unimim.nn.encoder import TransformerEncoder, build_encoder
@@ -59,9 +58,6 @@ class ModalitySpec:
             ``masking`` sections.
         build_adapter(adapter_cfg, encoder_cfg) -> adapter module.
         build_pretrain_source(data_cfg, mask_cfg, adapter_cfg) -> an ExampleSource (``example(i, rng) -> dict``).
-        build_eval_sets(data_cfg, adapter_cfg) -> (train, test) datasets of (inputs, label) for probes of a
-            modality without ``build_task`` (probes read the task where there is one).
-        collate: pretraining examples -> :class:`~unimim.core.batch.Batch`; probe items -> (inputs, labels).
         check(cfg): settings of the whole experiment config that only fail together (e.g. the data's image size
             against the adapter's), checked when the config loads.
         bind_run_dir(data_cfg, run_dir): keeps run-specific inputs with the run (text: copies the tokenizer into
@@ -82,8 +78,6 @@ class ModalitySpec:
     mask_config: type
     build_adapter: Callable[[Any, Any], nn.Module]
     build_pretrain_source: Callable[[Any, Any, Any], Any]
-    build_eval_sets: Callable[[Any, Any], tuple[Dataset, Dataset]]
-    collate: Callable[[list[Any]], Any]
     check: Callable[[Any], None] | None = None
     bind_run_dir: Callable[[Any, Path], None] | None = None
     tiny: tuple[str, ...] = ()

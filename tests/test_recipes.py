@@ -59,8 +59,13 @@ def test_listing_matches_the_loaded_configs():
     infos = {i.name: i for i in list_recipes()}
     assert sorted(infos) == recipe_names()
     for name, info in infos.items():
+        if name.split("/")[1].startswith("finetune_"):  # applied over a run: shown as a fine-tune of its modality
+            assert (info.modality, info.objective) == (name.split("/")[0], "finetune"), name
+            continue
         cfg = load_recipe(name)
         assert (info.modality, info.objective) == (cfg.modality, cfg.objective), name
+    finetunes = {(i.modality, i.objective) for n, i in infos.items() if "/finetune_" in n}
+    assert finetunes == {("image", "finetune"), ("speech", "finetune"), ("text", "finetune")}
     # the first sentence of the leading comment, on one line
     assert infos["image/dvae_fmnist_cpu"].description == (
         "BEiT stage 1 on Fashion-MNIST, CPU-scale: train the dVAE visual tokenizer (~3 min on 2 cores).")
@@ -75,6 +80,8 @@ def test_recipes_command(capsys):
     rows = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
     assert rows["image/mae_fmnist_cpu"] == ["image", "mae"]
     assert rows["text/data2vec2_text_cpu"] == ["text", "data2vec2"]
+    assert rows["speech/finetune_keywords_cpu"] == ["speech", "finetune"]
+    assert rows["text/finetune_glue_sst2"] == ["text", "finetune"]
     assert sorted(rows) == recipe_names()
 
 

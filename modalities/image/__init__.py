@@ -2,7 +2,7 @@
 
 from modalities.base import ModalitySpec
 from modalities.image.data.dataset import ImageDataConfig
-from modalities.image.data.source import build_eval_sets, build_pretrain_source, check_experiment, collate
+from modalities.image.data.source import build_pretrain_source, check_experiment
 from modalities.image.data.task import ImageTaskConfig, build_task
 from modalities.image.masking import ImageMaskConfig
 from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
@@ -14,8 +14,6 @@ IMAGE = ModalitySpec(
     build_adapter=lambda adapter, encoder: ImageAdapter(adapter, dim=encoder.dim, num_heads=encoder.num_heads,
                                                         norm_eps=encoder.norm_eps),
     build_pretrain_source=build_pretrain_source,
-    build_eval_sets=build_eval_sets,
-    collate=collate,
     check=check_experiment,
     task_config=ImageTaskConfig,
     build_task=build_task,

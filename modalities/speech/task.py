@@ -14,7 +14,7 @@
   evaluation), the conv feature encoder frozen (``frozen``: fairseq ``feature_grad_mult: 0.0``), the whole encoder
   frozen for the first ``freeze_encoder_steps`` updates (``freeze_finetune_updates``), greedy decoding, WER / CER.
 
-What the fine-tuning core reads besides the :class:`~unimim.eval.task.LabelledTask`: ``frozen`` (parameter-name
+The task hands the fine-tuning core, in its :class:`~unimim.eval.task.LabelledTask`, ``frozen`` (parameter-name
 prefixes, relative to the backbone ``adapter.* / encoder.*``, that never train) and ``freeze_encoder_steps``
 (updates during which only the head trains). Audio is normalised as in pretraining (``data.normalize``: fairseq
 refuses to fine-tune with another setting) and bounded by ``data.max_file_seconds``.
@@ -206,5 +206,5 @@ def build_task(task: SpeechTaskConfig, cfg: Any, train_augment: bool) -> Labelle
         name=task.name or task.kind, kind=kind, train=sets[0], test=sets[1],
         collate=LabelledCollate(kind, conv, masking), classes=classes,
         collate_eval=LabelledCollate(kind, conv, None) if masking is not None else None,
-        token_padding=FramePadding(conv),
+        token_padding=FramePadding(conv), frozen=tuple(task.frozen), freeze_encoder_steps=task.freeze_encoder_steps,
     )

@@ -4,7 +4,7 @@ masking, the RoBERTa-style embedding adapter, the WordNet-category probe and the
 
 from modalities.base import ModalitySpec, all_checks
 from modalities.text.data.dataset import TextDataConfig
-from modalities.text.data.source import bind_run_dir, build_eval_sets, build_pretrain_source, check_experiment, collate
+from modalities.text.data.source import bind_run_dir, build_pretrain_source, check_experiment
 from modalities.text.data.tiny import tiny_data
 from modalities.text.masking import TextMaskConfig
 from modalities.text.model.adapter import TextAdapter, TextAdapterConfig
@@ -16,8 +16,6 @@ TEXT = ModalitySpec(
     mask_config=TextMaskConfig,
     build_adapter=lambda adapter, encoder: TextAdapter(adapter, dim=encoder.dim, norm_eps=encoder.norm_eps),
     build_pretrain_source=build_pretrain_source,
-    build_eval_sets=build_eval_sets,
-    collate=collate,
     check=all_checks(check_experiment, check_experiment_task),
     bind_run_dir=bind_run_dir,
     tiny=(
@@ -26,7 +24,7 @@ TEXT = ModalitySpec(
         "data.block_size=32", "data.probe_max_tokens=16", "data.cache_dir=null", "data.probe_test_fraction=0.3",
         "train.batch_size=4", "train.steps=3", "train.num_workers=0", "train.log_every=1",
         "train.checkpoint_every=2", "train.device=cpu", "train.threads=2", "optim.warmup_steps=1",
-        "probe.epochs=5",
+        "probe.epochs=5", "finetune.batch_size=8", "finetune.steps=3", "finetune.eval_batch_size=64",
     ),
     tiny_data=tiny_data,
     task_config=TextTaskConfig,

@@ -1,5 +1,7 @@
-"""Fine-tune recipes: each loads over a run of its method (strictly), and the paper-scale ones carry the published
-hyper-parameters (sources: ../shared/reference/masked-image-modeling.md (MIM), data2vec.md (D2V))."""
+"""Image fine-tune recipes (``recipes/image/finetune_*.yaml``): each loads strictly, and the paper-scale ones carry
+the published hyper-parameters (sources: ../shared/reference/masked-image-modeling.md (MIM), data2vec.md (D2V)).
+The speech and text fine-tune recipes have their own audits (tests/modalities/{speech,text}/test_finetune_recipes.py).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from unimim.eval.finetune import FinetuneConfig
 from unimim.train.optim import peak_lr
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted(ROOT.joinpath("recipes").rglob("finetune_*.yaml"))
+RECIPES = sorted(ROOT.joinpath("recipes/image").glob("finetune_*.yaml"))
 MIM, D2V = "masked-image-modeling.md", "data2vec.md"
 
 # (key, published value, source); "lr@1024" is the peak lr at the reference's batch of 1024
@@ -60,6 +62,16 @@ def _value(cfg: FinetuneConfig, task: dict, key: str):
 
 def test_every_paper_scale_fine_tune_recipe_is_audited():
     assert {p.name for p in RECIPES if not p.stem.endswith("_cpu")} == set(AUDIT)
+
+
+def test_every_fine_tune_recipe_lies_in_a_modality_folder():
+    """All fine-tune recipes are ``recipes/<modality>/finetune_*.yaml``, and this file audits the image ones."""
+    from unimim.app.registry import MODALITIES
+
+    found = sorted(ROOT.joinpath("recipes").rglob("finetune_*.yaml"))
+    assert {p.parent.name for p in found} <= set(MODALITIES)
+    assert all(p.parent.parent == ROOT / "recipes" for p in found)
+    assert RECIPES and set(RECIPES) == {p for p in found if p.parent.name == "image"}
 
 
 @pytest.mark.parametrize(("recipe", "key", "reference", "source"),

@@ -1,6 +1,7 @@
 """Fine-tuning model parts against independent references: layer-wise lr decay against hand-computed multipliers
 (MAE ``util/lr_decay.py`` semantics), the classification model against timm's ``VisionTransformer`` with the same
-weights (loaded through the converter), and the CTC stand-in against hand-worked examples."""
+weights (loaded through the converter), greedy CTC decoding / error rates (``unimim.eval.ctc``) against hand-worked
+examples, and freezing (parameters equal while frozen, different once trained)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from torch import nn
 from modalities.image.interop.convert_timm import load_timm_vit
 from modalities.image.model.adapter import ImageAdapter, ImageAdapterConfig
 from unimim.core.batch import Batch
+from unimim.eval.ctc import edit_distance, error_rate, greedy_decode
 from unimim.eval.finetune import FinetuneConfig, FinetuneModel, build_layer_decay_optimizer, param_groups_lrd
-from unimim.eval.finetune.ctc_standin import error_rate, greedy_decode
 from unimim.nn.encoder import EncoderConfig, TransformerEncoder
 from unimim.objectives.base import encode_with
 from unimim.train.optim import OptimConfig, set_hyperparameters
@@ -137,7 +138,7 @@ def test_mixup_needs_even_batches_and_images():
     assert model.backbone["encoder"].blocks[0].attn.qkv.weight.grad is not None
 
 
-def test_ctc_standin_greedy_decode_and_error_rate():
+def test_ctc_greedy_decode_and_error_rate():
     # frames: a a blank a b b (blank = 0) -> [a, a, b]; with 4 valid frames -> [a, a]
     ids = torch.tensor([[1, 1, 0, 1, 2, 2]])
     logits = torch.nn.functional.one_hot(ids, 3).float()
@@ -190,9 +191,15 @@ def test_ctc_head_loss_lengths_and_decoding():
     lp = torch.log_softmax(logits.detach().double(), dim=-1)
     expected = (_ctc_brute_force(lp[0], [1, 2]) + _ctc_brute_force(lp[1, :2], [2])) / 2
     assert float(model(batch).loss.detach()) == pytest.approx(expected, rel=1e-4)
-    out = evaluate(model, [batch], device=torch.device("cpu"), progress=False)
-    assert out["labels"] == [[1, 2], [2]] and out["predictions"] == greedy_decode(logits, lengths)
-    assert out["total"] == 3 and out["error_rate"] == pytest.approx(out["errors"] / 3)
+    # vocabulary: blank, "|", "A": targets "| A" -> "A" (one word, one character), "A" -> "A"
+    out = evaluate(model, [batch], device=torch.device("cpu"), vocab=("<blank>", "|", "A"), progress=False)
+    symbols = {1: " ", 2: "A"}
+    hyps = [" ".join("".join(symbols[i] for i in h).split()) for h in greedy_decode(logits, lengths)]
+    assert out["labels"] == ["A", "A"] and out["predictions"] == hyps
+    word_errors = [edit_distance(["A"], h.split()) for h in hyps]
+    char_errors = [edit_distance(["A"], list(h)) for h in hyps]
+    assert out["example_word_errors"] == word_errors and out["words"] == 2
+    assert out["wer"] == pytest.approx(sum(word_errors) / 2) and out["cer"] == pytest.approx(sum(char_errors) / 2)
 
 
 def test_fine_tuning_trains_the_backbone_and_the_head_through_the_engine():
@@ -224,3 +231,107 @@ def test_fine_tuning_trains_the_backbone_and_the_head_through_the_engine():
     for i in range(depth):
         w = f"backbone.encoder.blocks.{i}.attn.qkv.weight"
         assert not torch.equal(before[w], dict(model.named_parameters())[w]), w
+
+
+def _train(model: FinetuneModel, steps: int, depth: int) -> list[dict[str, torch.Tensor]]:
+    """``steps`` optimizer steps of the engine on a fixed batch; the parameters after each step."""
+    import numpy as np
+
+    from unimim.train.engine import SingleProcessEngine
+
+    opt = build_layer_decay_optimizer(model, OptimConfig(weight_decay=0.05), depth=depth, layer_decay=1.0)
+    engine = SingleProcessEngine(model, opt, np.full(steps, 1e-2), device=torch.device("cpu"), precision="fp32")
+    labels = torch.arange(8) % 3
+    batch = Batch(inputs=torch.randn(8, 1, 8, 8), labels=labels)
+    model.train()
+    after = []
+    for step in range(steps):
+        engine.backward(engine.model(batch).loss)
+        engine.step(step)
+        model.update_teacher(step + 1)
+        after.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    return after
+
+
+def test_frozen_prefixes_never_train_and_are_not_in_the_optimizer():
+    torch.manual_seed(0)
+    backbone = _backbone(2)
+    model = FinetuneModel(backbone, partial(encode_with, backbone["adapter"], backbone["encoder"]),
+                          kind="classification", num_classes=3, dim=16, num_prefix_tokens=1, num_layers=2,
+                          cfg=FinetuneConfig(drop_path=0.0, head_init_std=0.02, fc_norm=False), frozen=("adapter.",))
+    opt = build_layer_decay_optimizer(model, OptimConfig(), depth=2, layer_decay=0.65)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    frozen = {n for n, p in model.named_parameters() if n.startswith("backbone.adapter.")}
+    assert frozen and all(id(p) not in in_opt for n, p in model.named_parameters() if n in frozen)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    last = _train(model, 3, 2)[-1]
+    for n in before:
+        assert torch.equal(before[n], last[n]) == (n in frozen), n
+    with pytest.raises(ValueError, match=r"match no parameter of the backbone"):
+        FinetuneModel(backbone, partial(encode_with, backbone["adapter"], backbone["encoder"]),
+                      kind="classification", num_classes=3, dim=16, num_prefix_tokens=1, num_layers=2,
+                      cfg=FinetuneConfig(), frozen=("adapter.feature_encoder.",))
+
+
+def test_freeze_encoder_steps_train_only_the_head_then_everything():
+    torch.manual_seed(0)
+    backbone = _backbone(2)
+    model = FinetuneModel(backbone, partial(encode_with, backbone["adapter"], backbone["encoder"]),
+                          kind="classification", num_classes=3, dim=16, num_prefix_tokens=1, num_layers=2,
+                          cfg=FinetuneConfig(drop_path=0.0, head_init_std=0.02), freeze_encoder_steps=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    after = _train(model, 3, 2)
+    head = ("head.", "fc_norm.")
+    for n in before:  # steps 1 and 2: only the head (and fc_norm) moved; step 3: the backbone too
+        assert torch.equal(before[n], after[1][n]) != n.startswith(head), n
+        if n.startswith("backbone.encoder.blocks."):
+            assert not torch.equal(after[1][n], after[2][n]), n
+    assert int(model.state_dict()["steps_done"]) == 3 and not model.encoder_frozen
+
+
+def test_compare_inits_says_which_direction_is_better():
+    from unimim.eval.finetune import compare_inits
+
+    def ctc(word_errors: list[int]) -> dict:
+        return {"labels": ["A B"] * len(word_errors), "example_word_errors": word_errors,
+                "example_words": [2] * len(word_errors), "example_char_errors": word_errors,
+                "example_chars": [3] * len(word_errors)}
+
+    # pretrained: 0 word errors on 40 two-word utterances, random: 1 each -> WER 0 vs 0.5, lower is better
+    d = compare_inits(ctc([0] * 40), ctc([1] * 40))
+    assert d["metric"] == "wer" and d["better"] == "lower" and d["diff"] == pytest.approx(-0.5)
+    assert d["better_init"] == "pretrained" and d["cer"]["diff"] == pytest.approx(-40 / 120)
+    assert compare_inits(ctc([1] * 40), ctc([0] * 40))["better_init"] == "random"
+    assert compare_inits(ctc([0, 1] * 20), ctc([1, 0] * 20))["better_init"] == "neither"
+    acc = compare_inits({"correct": [True] * 40}, {"correct": [False] * 40})
+    assert acc["better"] == "higher" and acc["diff"] == 1.0 and acc["better_init"] == "pretrained"
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_first_token_dense_tanh_head_matches_roberta_classification_head(prefix):
+    """pool=first + head_dense: RobertaForSequenceClassification's classifier (dropout -> dense -> tanh -> dropout ->
+    out_proj on token 0) with the same weights, in eval mode and with the same dropout draws in training mode."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=32,
+                                     num_labels=3, hidden_dropout_prob=0.1, classifier_dropout=None)
+    ref = transformers.RobertaForSequenceClassification(cfg).classifier
+    tokens = torch.randn(4, 7, 16)
+    model = FinetuneModel(nn.Linear(1, 1), lambda x, padding_mask=None, layers=None: x, kind="classification",
+                          num_classes=3, dim=16, num_prefix_tokens=prefix, num_layers=0,
+                          cfg=FinetuneConfig(pool="first", fc_norm=False, head_dense=True, head_dropout=0.1,
+                                             head_init_std=0.02))
+    with torch.no_grad():
+        model.head_dense.weight.copy_(ref.dense.weight)
+        model.head_dense.bias.copy_(ref.dense.bias)
+        model.head.weight.copy_(ref.out_proj.weight)
+        model.head.bias.copy_(ref.out_proj.bias)
+    model.eval(), ref.eval()
+    logits, _ = model.logits(Batch(inputs=tokens))
+    assert torch.allclose(logits, ref(tokens), atol=1e-6)
+    model.train(), ref.train()
+    torch.manual_seed(1)
+    expected = ref(tokens)
+    torch.manual_seed(1)
+    got, _ = model.logits(Batch(inputs=tokens))
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, logits, atol=1e-3)

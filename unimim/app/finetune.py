@@ -48,6 +48,7 @@ from unimim.eval.finetune import (
     compare_inits,
     evaluate,
 )
+from unimim.eval.finetune.evaluate import MAIN_METRIC
 from unimim.eval.task import LabelledTask
 from unimim.nn.encoder import EncoderConfig
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -175,7 +176,8 @@ def build_finetune_model(objective: torch.nn.Module, task: LabelledTask, ft: Fin
         dim = objective.encode(sample.inputs, sample.padding_mask).shape[-1]
     return FinetuneModel(backbone, objective.encode, kind=task.kind, num_classes=task.num_classes, dim=int(dim),
                          num_prefix_tokens=objective.num_prefix_tokens, num_layers=objective.num_layers, cfg=ft,
-                         token_padding=task.token_padding, norm_eps=norm_eps)
+                         token_padding=task.token_padding, norm_eps=norm_eps, frozen=task.frozen,
+                         freeze_encoder_steps=task.freeze_encoder_steps)
 
 
 def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_dir: Path, *,
@@ -186,7 +188,8 @@ def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_
     train = dataclasses.replace(cfg.train, steps=steps, batch_size=ft.batch_size, accumulate=ft.accumulate,
                                 seed=ft.seed, out_dir=str(task_dir))
     optim = dataclasses.replace(ft.optim, warmup_steps=warmup)
-    model_cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, drop_path=ft.drop_path))
+    dropouts = {k: getattr(ft, k) for k in ("dropout", "attn_dropout") if getattr(ft, k) is not None}
+    model_cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, drop_path=ft.drop_path, **dropouts))
     view = FinetuneRun(name=init, modality=cfg.modality, objective=cfg.objective,
                        pretrained_step=pretrained_step if init == "pretrained" else None, train=train, optim=optim,
                        finetune=ft, task=to_dict(cfg.task), encoder=model_cfg.encoder, adapter=to_dict(cfg.adapter))
@@ -225,8 +228,8 @@ def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_
     model.load_state_dict(ckpt["model"])  # the trained weights (a run found complete was not trained here)
     model.to(device)
     t0 = time.perf_counter()
-    metrics = evaluate(model, _eval_loader(task, cfg), device=device, autocast=_autocast(cfg.train.precision, device),
-                       progress=progress)
+    metrics = evaluate(model, _eval_loader(task, cfg), device=device, vocab=task.classes,
+                       autocast=_autocast(cfg.train.precision, device), progress=progress)
     result = {"init": init, "config": resolved, "steps": steps, "train_seconds": round(spent, 2),
               "eval_seconds": round(time.perf_counter() - t0, 2), **metrics}
     _write_json(result_path, result)
@@ -234,21 +237,23 @@ def _finetune_init(init: str, cfg: Any, task: LabelledTask, run_dir: Path, task_
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("top1", "top5", "error_rate", "errors", "total", "num_examples", "steps", "train_seconds",
-            "eval_seconds")
+    keys = ("top1", "top5", "wer", "cer", "word_errors", "words", "char_errors", "chars", "num_examples", "steps",
+            "train_seconds", "eval_seconds")
     return {k: result[k] for k in keys if k in result}
 
 
 def format_table(task: LabelledTask, results: dict[str, dict[str, Any]], diff: dict[str, Any] | None) -> str:
-    metric = "top1" if task.kind == "classification" else "error_rate"
-    cols = ["top1", "top5"] if task.kind == "classification" else ["error_rate"]
+    metric, better = MAIN_METRIC[task.kind]
+    cols = ["top1", "top5"] if task.kind == "classification" else ["wer", "cer"]
     lines = [f"fine-tune on {task.name} ({task.kind}, {len(task.train)} train / {len(task.test)} test examples)",
              f"{'init':<12}" + "".join(f"{c:>12}" for c in cols) + f"{'train s':>10}"]
     for init, r in results.items():
         lines.append(f"{init:<12}" + "".join(f"{r[c]:>12.4f}" for c in cols) + f"{r['train_seconds']:>10.1f}")
     if diff is not None:
+        verdict = {"neither": "no clear difference"}.get(diff["better_init"], f"{diff['better_init']} is better")
         lines.append(f"{metric}, pretrained - random: {diff['diff']:+.4f} ({diff['level']:.0%} paired bootstrap "
-                     f"interval {diff['low']:+.4f} to {diff['high']:+.4f}, {len(task.test)} test examples)")
+                     f"interval {diff['low']:+.4f} to {diff['high']:+.4f}, {len(task.test)} test examples; "
+                     f"{better} is better: {verdict})")
     return "\n".join(lines)
 
 

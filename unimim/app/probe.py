@@ -45,16 +45,16 @@ def load_pretrained(run_dir: str | Path, cfg: Any, device: torch.device) -> torc
 
 def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], Any]:
     """(train, test, collate, token_padding) of the probes: the config's labelled task (``task`` section, the
-    deterministic eval transform on both splits) where the modality declares one, else its ``build_eval_sets``."""
+    deterministic eval transform on both splits: ``build_task(..., train_augment=False)``)."""
     spec = MODALITIES[cfg.modality]
-    if spec.build_task is not None and hasattr(cfg, "task"):
-        task = spec.build_task(cfg.task, cfg, False)
-        if task.kind != "classification":
-            raise ConfigError(f"the probes classify pooled features; task {task.name!r} is a {task.kind} task "
-                              "(fine-tune it with `unimim finetune`, or set task.* to a classification task)")
-        return task.train, task.test, task.eval_collate, task.token_padding
-    train_set, test_set = spec.build_eval_sets(cfg.data, cfg.adapter)
-    return train_set, test_set, spec.collate, None
+    if spec.build_task is None or not hasattr(cfg, "task"):
+        raise ConfigError(f"modality {cfg.modality!r} declares no labelled task (ModalitySpec.build_task): "
+                          "nothing to probe on")
+    task = spec.build_task(cfg.task, cfg, False)
+    if task.kind != "classification":
+        raise ConfigError(f"the probes classify pooled features; task {task.name!r} is a {task.kind} task "
+                          "(fine-tune it with `unimim finetune`, or set task.* to a classification task)")
+    return task.train, task.test, task.eval_collate, task.token_padding
 
 
 def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> dict[str, Any]:

@@ -95,15 +95,30 @@ def _leading_comment(path: Path, width: int = 100) -> str:
     return sentence if len(sentence) <= width else sentence[: width - 3].rstrip() + "..."
 
 
+FINETUNE = "finetune"  # the objective column of a fine-tune recipe
+
+
+def is_finetune_recipe(name: str) -> bool:
+    """``<modality>/finetune_*``: a recipe that ``unimim finetune`` applies over a pretrained run of its modality."""
+    parts = PurePosixPath(name).parts
+    return len(parts) == 2 and parts[1].startswith(f"{FINETUNE}_")
+
+
 def list_recipes(default_modality: str = "image", default_objective: str = "data2vec") -> list[RecipeInfo]:
     """The shipped recipes (bases left out) with their modality and objective (after ``base:`` merging; the
-    defaults when a recipe names none: the experiment config's) and the first sentence of their leading comment."""
+    defaults when a recipe names none: the experiment config's) and the first sentence of their leading comment.
+    A fine-tune recipe (``<modality>/finetune_*``) names no run: its modality is its folder and its objective
+    column reads ``finetune``."""
     out = []
     for name in recipe_names():
         path = find_recipe(name)
         raw = read_yaml(path, find_recipe)
-        out.append(RecipeInfo(name=name, modality=str(raw.get("modality", default_modality)),
-                              objective=str(raw.get("objective", default_objective)),
+        if is_finetune_recipe(name):
+            modality, objective = PurePosixPath(name).parts[0], FINETUNE
+        else:
+            modality, objective = str(raw.get("modality", default_modality)), str(raw.get("objective",
+                                                                                          default_objective))
+        out.append(RecipeInfo(name=name, modality=modality, objective=objective,
                               description=_leading_comment(path), path=path))
     return out
 

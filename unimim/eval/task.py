@@ -37,6 +37,11 @@ class LabelledTask:
             non-prefix tokens that ``encode`` returns for an input-level padding mask (speech: frames of the conv
             feature encoder, for pooling and CTC lengths); None where the input padding already is the token
             padding (text) or nothing is padded (images).
+        frozen: parameter-name prefixes, relative to the objective's ``encoding_backbone()`` (``adapter.*``,
+            ``encoder.*``), that fine-tuning never trains (speech: ``adapter.feature_encoder.``, the conv feature
+            encoder, as wav2vec 2.0 / data2vec's ``feature_grad_mult: 0.0``).
+        freeze_encoder_steps: optimizer steps at the start of fine-tuning during which the whole backbone is frozen
+            and only the head trains (wav2vec 2.0 / data2vec ``freeze_finetune_updates``).
     """
 
     name: str
@@ -47,6 +52,8 @@ class LabelledTask:
     classes: Sequence[str]
     collate_eval: Callable[[list[Any]], Batch] | None = None
     token_padding: Callable[[Tensor | None, int], Tensor | None] | None = None
+    frozen: Sequence[str] = ()
+    freeze_encoder_steps: int = 0
 
     @property
     def num_classes(self) -> int:

@@ -93,11 +93,11 @@ class IBOT(TeacherStudentObjective):
         self.attach_teacher(nn.ModuleDict({"backbone": self.backbone, "head": self.head}), cfg.ema)
 
     def encode(self, inputs: Tensor, padding_mask: Tensor | None = None,
-               layers: Sequence[int] | None = None) -> Tensor:
-        """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone (``layers``: see
-        :meth:`Objective.encode`)."""
+               layers: Sequence[int] | None = None, *, mask: Tensor | None = None) -> Tensor:
+        """(B, C, S, S) -> (B, 1 + N, D) features of the teacher (default) or student backbone (``layers``, ``mask``
+        (B, N) bool: see :meth:`Objective.encode`)."""
         backbone = self.encoding_backbone()
-        return encode_with(backbone["adapter"], backbone["encoder"], inputs, padding_mask, layers)
+        return encode_with(backbone["adapter"], backbone["encoder"], inputs, padding_mask, layers, mask=mask)
 
     def encoding_backbone(self) -> nn.Module:
         """The teacher's backbone (``encode_with: teacher``, the default) or the student's: what ``encode`` runs and

@@ -45,7 +45,6 @@ from modalities.speech.data.manifest import (
     Manifest,
     header_problem,
     read_header,
-    read_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -275,13 +274,3 @@ class KeywordDataset(Dataset):
     def num_skipped(self) -> int:
         return self.audio.num_skipped
 
-
-def build_keyword_sets(cfg: SpeechDataConfig) -> tuple[KeywordDataset, KeywordDataset]:
-    train_m = read_manifest(cfg.eval_train_manifest, labels=True, hint=MAKE_HINT)
-    test_m = read_manifest(cfg.eval_test_manifest, labels=True, hint=MAKE_HINT)
-    common = dict(clip_samples=cfg.eval_clip_samples, normalize=cfg.normalize, limit=cfg.limit,
-                  max_seconds=cfg.max_file_seconds)
-    train = KeywordDataset(train_m, **common)
-    test = KeywordDataset(test_m, classes=train.classes, **common)
-    logger.info("keyword probe: %d classes, %d train / %d test clips", len(train.classes), len(train), len(test))
-    return train, test

@@ -21,9 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
 
-from modalities.speech.data.dataset import MAKE_HINT, AudioDataset, SpeechDataConfig, build_keyword_sets
+from modalities.speech.data.dataset import MAKE_HINT, AudioDataset, SpeechDataConfig
 from modalities.speech.data.manifest import read_manifest
 from modalities.speech.masking import SpeechMaskConfig, SpeechMaskGenerator, equalise_counts
 from modalities.speech.model.adapter import SpeechAdapterConfig
@@ -99,11 +98,6 @@ class SpeechPretrainSource:
                      skipped=sum(int(e["skipped"]) for e in examples))
 
 
-def collate(items: list[Any]) -> Any:
-    """Probe items ``(clip, label)`` of equal length -> (clips (B, S), labels (B,))."""
-    return default_collate(items)
-
-
 def check_consistency(data: SpeechDataConfig, adapter: SpeechAdapterConfig) -> None:
     field = receptive_field(adapter.conv_layers)
     for name in ("min_samples", "eval_clip_samples"):
@@ -130,8 +124,3 @@ def build_pretrain_source(data: SpeechDataConfig, masking: SpeechMaskConfig, ada
     spec = BatchSpec(mode=data.batch_mode, conv_layers=tuple(adapter.conv_layers), masking=masking)
     return SpeechPretrainSource(dataset, spec, max_samples=data.max_samples)
 
-
-def build_eval_sets(data: SpeechDataConfig, adapter: SpeechAdapterConfig) -> tuple[Dataset, Dataset]:
-    """(train, test) keyword clips ``(waveform (clip,), label)``, split by voice, for the frozen-encoder probe."""
-    check_consistency(data, adapter)
-    return build_keyword_sets(data)

@@ -134,16 +134,6 @@ def collate_pretrain(items: list[dict[str, Any]]) -> Batch:
                  padding_mask=_padding(items, inputs.shape[1]))
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Pad probe items into {"inputs": (B, L), "labels": (B,), "padding_mask": (B, L) when any row is shorter}."""
-    batch: dict[str, Tensor] = {"inputs": _pad([it["inputs"] for it in items], PAD_ID),
-                                "labels": torch.tensor([int(it["labels"]) for it in items])}
-    padding = _padding(items, batch["inputs"].shape[1])
-    if padding is not None:
-        batch["padding_mask"] = padding
-    return batch
-
-
 def _padding(items: list[dict[str, Any]], length: int) -> Tensor | None:
     lengths = torch.tensor([it["inputs"].shape[-1] for it in items])
     if bool((lengths < length).any()):

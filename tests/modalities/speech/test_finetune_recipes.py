@@ -3,7 +3,6 @@ and the paper-scale ones at fairseq's base_10h / base_100h values."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -38,8 +37,6 @@ def test_sections_and_the_task_load_strictly(path):
         assert task.frozen == ["adapter.feature_encoder."]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unimim.eval.finetune") is None,
-                    reason="the finetune section is typed by the fine-tuning core (unimim.eval.finetune)")
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_the_finetune_section_loads_strictly(path):
     from unimim.eval.finetune import FinetuneConfig

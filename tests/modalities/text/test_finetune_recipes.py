@@ -6,7 +6,6 @@ polynomial_decay, dropout and attention dropout 0.1)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,10 +41,10 @@ AUDIT = {
     "qqp": ("qqp.yaml", 1e-5, 32, 113272, 28318, ["0", "1"], {"train.tsv": QQP, "dev.tsv": QQP}),
     "cola": ("cola.yaml", 1e-5, 16, 5336, 320, ["0", "1"], {"train.tsv": COLA, "dev.tsv": COLA}),
 }
-COMMON = {"layer_decay": 1.0, "drop_path": 0.0, "head_dropout": 0.1, "label_smoothing": 0.0}
+COMMON = {"layer_decay": 1.0, "drop_path": 0.0, "head_dropout": 0.1, "label_smoothing": 0.0, "pool": "first",
+          "head_dense": True, "fc_norm": False, "dropout": 0.1, "attn_dropout": 0.1}  # RobertaClassificationHead
 COMMON_OPTIM = {"base_lr": None, "min_lr": 0.0, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6,
                 "clip_grad": None}
-HAS_CORE = importlib.util.find_spec("unimim.eval.finetune") is not None
 
 
 def experiment(task: TextTaskConfig | None = None, max_positions: int = 512) -> SimpleNamespace:
@@ -102,7 +101,6 @@ def test_cpu_recipes_build_on_the_shipped_tiny_data(tmp_path):
                                                                              ["epochs"])  # the GLUE recipes' 6 %
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="the finetune section is the fine-tuning core's (unimim.eval.finetune)")
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("finetune_*.yaml")), ids=lambda p: p.name)
 def test_finetune_section_loads_strictly(path):
     from unimim.eval.finetune.config import FinetuneConfig

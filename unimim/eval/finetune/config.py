@@ -40,10 +40,17 @@ class FinetuneConfig:
     # L + 1 (MAE util/lr_decay.py param_groups_lrd; BEiT / data2vec: 0.65 for ViT-B); 1.0 switches it off
     layer_decay: float = 0.65
     drop_path: float = 0.1         # replaces encoder.drop_path in the fine-tuned model
-    pool: Literal["mean", "cls"] = "mean"  # classification: mean of the non-prefix tokens, or the cls token
+    dropout: float | None = None   # replaces encoder.dropout when set (None: the run's)
+    attn_dropout: float | None = None  # replaces encoder.attn_dropout when set (None: the run's)
+    # classification: mean of the non-prefix tokens, the cls token, or token 0 whatever the prefix count (RoBERTa's
+    # <s>: the text adapter has no prefix token)
+    pool: Literal["mean", "cls", "first"] = "mean"
     fc_norm: bool = True           # LayerNorm on the pooled features; the encoder's final norm is then skipped (MAE
                                    # --global_pool, BEiT / data2vec use_mean_pooling; timm's fc_norm)
     head_dropout: float = 0.0      # dropout before the head (timm drop_rate)
+    # a pre-head dense -> tanh -> dropout(head_dropout) layer of width D (RoBERTa's RobertaClassificationHead:
+    # dropout -> dense -> tanh -> dropout -> out_proj); its weight ~ truncated normal(head_init_std), bias 0
+    head_dense: bool = False
     head_init_std: float = 2e-5    # head weight ~ truncated normal(std) x head_init_scale, bias 0: MAE std 2e-5;
     head_init_scale: float = 1.0   # BEiT / data2vec: std 0.02 x init_scale 0.001
     label_smoothing: float = 0.1
@@ -68,6 +75,12 @@ class FinetuneConfig:
         for name in ("drop_path", "head_dropout", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"finetune.{name} must lie in [0, 1), got {getattr(self, name)}")
+        for name in ("dropout", "attn_dropout"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"finetune.{name} must lie in [0, 1) or be null (the run's), got "
+                                 f"{getattr(self, name)}")
+        if self.pool not in ("mean", "cls", "first"):
+            raise ValueError(f"finetune.pool must be mean, cls or first, got {self.pool!r}")
         if not (self.head_init_std > 0 and self.head_init_scale > 0):
             raise ValueError("finetune.head_init_std and finetune.head_init_scale must be > 0")
         if self.mixup < 0 or self.cutmix < 0:

@@ -1,11 +1,12 @@
 """Test-split evaluation of a fine-tuned model, with the per-example predictions kept (so that any two runs can
-be compared later on the same examples): top-1 / top-5 accuracy (classification), or the greedy-decoding error
-rate (ctc: WER or CER, whatever the output symbols are), and paired comparisons of two inits."""
+be compared later on the same examples): top-1 / top-5 accuracy (classification), or the word and character error
+rates of greedy decoding (ctc: :mod:`unimim.eval.ctc`), and paired comparisons of two inits that say which
+direction is better (accuracy: higher; WER: lower)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -14,24 +15,34 @@ from tqdm.auto import tqdm
 
 from unimim.core.batch import LABEL_PAD, Batch
 from unimim.eval.compare import paired_bootstrap
+from unimim.eval.ctc import LetterVocab, cer, error_rate, greedy_decode, wer
 from unimim.eval.finetune.model import FinetuneModel
 
-try:  # the speech tasks' module; until it is merged, a stand-in with the same interface
-    from unimim.eval.ctc import error_rate, greedy_decode
-except ImportError:  # pragma: no cover - depends on what is merged
-    from unimim.eval.finetune.ctc_standin import error_rate, greedy_decode
+# the main metric of each task kind and the direction that is better
+MAIN_METRIC = {"classification": ("top1", "higher"), "ctc": ("wer", "lower")}
 
 
 @torch.no_grad()
 def evaluate(model: FinetuneModel, batches: Iterable[Batch], *, device: torch.device,
-             autocast: contextlib.AbstractContextManager | None = None, progress: bool = True) -> dict[str, Any]:
+             vocab: Sequence[str] | None = None, autocast: contextlib.AbstractContextManager | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Run ``model`` (eval mode) over the test batches.
 
+    Args:
+        vocab: ctc only -- the output symbols (the task's ``classes``: blank first, ``|`` the word boundary; a
+            :class:`~unimim.eval.ctc.LetterVocab`), which turn target and decoded ids into text.
+
     Returns, for classification: ``top1``, ``top5`` (top-min(5, C)), ``num_examples``, and per example
-    ``labels``, ``predictions`` (argmax class) and ``correct`` (bool list); for ctc: ``error_rate`` (errors /
-    reference symbols), ``errors``, ``total``, and per example ``labels`` (target ids), ``predictions`` (decoded
-    ids), ``example_errors`` and ``example_lengths``.
+    ``labels``, ``predictions`` (argmax class) and ``correct`` (bool list); for ctc: ``wer``, ``cer``,
+    ``word_errors`` / ``words``, ``char_errors`` / ``chars`` (summed), ``num_examples``, and per example ``labels``
+    (reference texts), ``predictions`` (greedy hypotheses), ``example_word_errors``, ``example_words``,
+    ``example_char_errors`` and ``example_chars``.
     """
+    letters = None
+    if model.kind == "ctc":
+        if vocab is None:
+            raise ValueError("evaluating a ctc task needs its output vocabulary (vocab=task.classes)")
+        letters = LetterVocab(tuple(vocab))
     model.eval()
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     labels: list[Any] = []
@@ -44,7 +55,7 @@ def evaluate(model: FinetuneModel, batches: Iterable[Batch], *, device: torch.de
         with ctx:
             logits, lengths = model.logits(batch)
         logits = logits.float()
-        if model.kind == "classification":
+        if letters is None:
             k = min(5, logits.shape[-1])
             best = logits.topk(k, dim=-1).indices  # (B, k)
             y = batch.labels.reshape(-1)
@@ -52,32 +63,52 @@ def evaluate(model: FinetuneModel, batches: Iterable[Batch], *, device: torch.de
             labels += y.tolist()
             top5 += (best == y[:, None]).any(dim=1).tolist()
         else:
-            preds += greedy_decode(logits, lengths)
-            labels += [[int(t) for t in row if t != LABEL_PAD] for row in batch.labels.tolist()]
+            preds += [letters.decode(h) for h in greedy_decode(logits, lengths)]  # (B, N, V) -> B texts
+            labels += [letters.decode([t for t in row if t != LABEL_PAD]) for row in batch.labels.tolist()]
     if not labels:
         raise ValueError("the test split yielded no batches")
-    if model.kind == "classification":
+    if letters is None:
         correct = [p == y for p, y in zip(preds, labels)]
         return {"top1": sum(correct) / len(correct), "top5": sum(top5) / len(top5), "num_examples": len(labels),
                 "labels": labels, "predictions": preds, "correct": correct}
-    per = [error_rate([r], [h]) for r, h in zip(labels, preds)]
-    errors, total = error_rate(labels, preds)
-    return {"error_rate": errors / max(total, 1), "errors": errors, "total": total, "num_examples": len(labels),
-            "labels": labels, "predictions": preds, "example_errors": [e for e, _ in per],
-            "example_lengths": [n for _, n in per]}
+    words = [error_rate([r.split()], [h.split()]) for r, h in zip(labels, preds)]  # per example (errors, words)
+    chars = [error_rate([list(" ".join(r.split()))], [list(" ".join(h.split()))]) for r, h in zip(labels, preds)]
+    return {"wer": wer(labels, preds), "cer": cer(labels, preds),
+            "word_errors": sum(e for e, _ in words), "words": sum(n for _, n in words),
+            "char_errors": sum(e for e, _ in chars), "chars": sum(n for _, n in chars), "num_examples": len(labels),
+            "labels": labels, "predictions": preds,
+            "example_word_errors": [e for e, _ in words], "example_words": [n for _, n in words],
+            "example_char_errors": [e for e, _ in chars], "example_chars": [n for _, n in chars]}
+
+
+def _verdict(out: dict[str, Any], better: str) -> str:
+    """Which init the interval favours: ``pretrained``, ``random`` or ``neither`` (it contains 0)."""
+    if out["low"] > 0 or out["high"] < 0:
+        a_higher = out["low"] > 0
+        return "pretrained" if a_higher == (better == "higher") else "random"
+    return "neither"
 
 
 def compare_inits(a: dict[str, Any], b: dict[str, Any], *, seed: int = 0, samples: int = 10_000,
                   level: float = 0.95) -> dict[str, Any]:
-    """A minus B on the same test examples with a paired bootstrap interval: top-1 accuracy (classification), or
-    the error rate (ctc: the ratio of summed errors to summed reference lengths, resampled by example)."""
+    """A (pretrained) minus B (random) on the same test examples with a paired bootstrap interval of the main
+    metric: top-1 accuracy (classification; per-example correctness paired; higher is better), or the WER (ctc:
+    summed word errors over summed reference words, per-example word errors paired; lower is better). Also
+    ``better`` (``higher`` | ``lower``) and ``better_init`` (``pretrained`` | ``random`` | ``neither``: the
+    interval contains 0); ctc adds the CER difference under ``cer``."""
     if "correct" in a:
-        out = paired_bootstrap(torch.tensor(a["correct"]), torch.tensor(b["correct"]), seed=seed, samples=samples,
-                               level=level)
-        return {"metric": "top1", **out}
-    return {"metric": "error_rate", **paired_rate_bootstrap(
-        torch.tensor(a["example_errors"]), torch.tensor(b["example_errors"]), torch.tensor(a["example_lengths"]),
-        seed=seed, samples=samples, level=level)}
+        out = {"metric": "top1", "better": "higher", **paired_bootstrap(
+            torch.tensor(a["correct"]), torch.tensor(b["correct"]), seed=seed, samples=samples, level=level)}
+        return out | {"better_init": _verdict(out, "higher")}
+    if a["labels"] != b["labels"]:
+        raise ValueError("the two inits were evaluated on different test examples")
+    out = {"metric": "wer", "better": "lower", **paired_rate_bootstrap(
+        torch.tensor(a["example_word_errors"]), torch.tensor(b["example_word_errors"]),
+        torch.tensor(a["example_words"]), seed=seed, samples=samples, level=level)}
+    char = paired_rate_bootstrap(torch.tensor(a["example_char_errors"]), torch.tensor(b["example_char_errors"]),
+                                 torch.tensor(a["example_chars"]), seed=seed, samples=samples, level=level)
+    return out | {"better_init": _verdict(out, "lower"),
+                  "cer": {"metric": "cer", "better": "lower", **char, "better_init": _verdict(char, "lower")}}
 
 
 @torch.no_grad()

@@ -1,13 +1,21 @@
 """The fine-tuned model: the backbone that ``encode`` runs, and a task head on its tokens.
 
-classification: encode -> pool (mean of the non-prefix tokens, or cls) -> ``fc_norm`` -> dropout -> linear head
-    -> (B, C) logits; cross-entropy with label smoothing, or the soft targets of timm's ``Mixup`` (mixup / cutmix).
+classification: encode -> pool (mean of the non-prefix tokens, cls, or token 0) -> ``fc_norm`` -> dropout
+    [-> dense -> tanh -> dropout: ``head_dense``, RoBERTa's ``RobertaClassificationHead``] -> linear head -> (B, C)
+    logits; cross-entropy with label smoothing, or the soft targets of timm's ``Mixup`` (mixup / cutmix).
     With ``fc_norm`` the pooled features are those of the last block before the encoder's final norm
     (``encode(layers=[-1])``), as MAE's ``--global_pool`` and BEiT's ``use_mean_pooling`` drop that norm
     (facebookresearch/mae ``models_vit.py``; microsoft/unilm beit ``modeling_finetune.py``); timm's
     ``VisionTransformer`` with ``global_pool='avg'`` is the same model.
 ctc: encode -> the non-prefix tokens -> dropout -> linear head -> (B, N, V) log-probabilities; CTC loss (Graves et
     al. 2006; ``torch.nn.functional.ctc_loss``, blank 0), as wav2vec 2.0 / data2vec fine-tune for speech recognition.
+
+Freezing (wav2vec 2.0 §4.2 / data2vec §4 speech fine-tuning; fairseq ``feature_grad_mult: 0.0`` and
+``freeze_finetune_updates``): the parameters under the task's ``frozen`` prefixes never train (``requires_grad``
+off, so the layer-decay optimizer leaves them out), and for the first ``freeze_encoder_steps`` optimizer steps the
+backbone runs under ``torch.no_grad`` so that only the head moves. The steps done are a buffer of the model (saved
+with its checkpoint, advanced by the loop's ``update_teacher(step)`` hook), so a resumed fine-tune freezes as an
+uninterrupted one.
 
 Only ``encode`` of the objective is called (``unimim.objectives.base``: the evaluation contract), and only the
 parameters of the module it runs (``backbone``, a child of this model) are trained and saved: not a teacher copy
@@ -16,7 +24,7 @@ that is not encoded with, not a decoder or the head of the pretraining objective
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +65,14 @@ class FinetuneModel(nn.Module):
         cfg: the fine-tune settings (pooling, fc_norm, head, label smoothing, mixup).
         token_padding: the task's input padding -> token padding (see :class:`~unimim.eval.task.LabelledTask`).
         norm_eps: epsilon of ``fc_norm``.
+        frozen: parameter-name prefixes of ``backbone`` that never train (each must match a parameter).
+        freeze_encoder_steps: optimizer steps during which the backbone is frozen (only the head trains).
     """
 
     def __init__(self, backbone: nn.Module, encode: Encode, *, kind: TaskKind, num_classes: int, dim: int,
                  num_prefix_tokens: int, num_layers: int, cfg: FinetuneConfig,
-                 token_padding: TokenPadding | None = None, norm_eps: float = 1e-6) -> None:
+                 token_padding: TokenPadding | None = None, norm_eps: float = 1e-6,
+                 frozen: Sequence[str] = (), freeze_encoder_steps: int = 0) -> None:
         super().__init__()
         if kind not in ("classification", "ctc"):
             raise ValueError(f"unknown task kind {kind!r} (classification | ctc)")
@@ -69,7 +80,22 @@ class FinetuneModel(nn.Module):
             raise ValueError(f"a task needs at least 2 classes / output symbols, got {num_classes}")
         if kind == "classification" and cfg.pool == "cls" and num_prefix_tokens < 1:
             raise ValueError("finetune.pool=cls needs a cls token, and this encoder has none: use finetune.pool=mean")
+        if freeze_encoder_steps < 0:
+            raise ValueError(f"freeze_encoder_steps must be >= 0, got {freeze_encoder_steps}")
         self.backbone = backbone.requires_grad_(True)
+        self.frozen = tuple(frozen)
+        names = [n for n, _ in backbone.named_parameters()]
+        unmatched = [f for f in self.frozen if not any(n.startswith(f) for n in names)]
+        if unmatched:
+            heads = sorted({n.split(".")[0] + "." for n in names})
+            raise ValueError(f"frozen parameter prefixes {unmatched} match no parameter of the backbone (its names "
+                             f"start with {', '.join(heads)}; e.g. adapter.feature_encoder.)")
+        for n, p in backbone.named_parameters():
+            if n.startswith(self.frozen):
+                p.requires_grad_(False)
+        self.freeze_encoder_steps = freeze_encoder_steps
+        if freeze_encoder_steps:  # optimizer steps done (a buffer: checkpointed with the model)
+            self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.kind = kind
         self.cfg = cfg
         self.num_prefix_tokens = num_prefix_tokens
@@ -80,6 +106,10 @@ class FinetuneModel(nn.Module):
         use_norm = kind == "classification" and cfg.fc_norm
         self.fc_norm = nn.LayerNorm(dim, eps=norm_eps) if use_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head_dense = None
+        if kind == "classification" and cfg.head_dense:
+            self.head_dense = nn.Linear(dim, dim)
+            init_head(self.head_dense, cfg.head_init_std)
         self.head = nn.Linear(dim, num_classes)
         init_head(self.head, cfg.head_init_std, cfg.head_init_scale)
         self.mixup = None
@@ -90,8 +120,20 @@ class FinetuneModel(nn.Module):
                                switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
                                num_classes=num_classes)
 
+    @property
+    def encoder_frozen(self) -> bool:
+        """True while the backbone is frozen (the first ``freeze_encoder_steps`` optimizer steps)."""
+        return bool(self.freeze_encoder_steps) and int(self.steps_done) < self.freeze_encoder_steps
+
     def tokens(self, batch: Batch) -> Tensor:
-        """The encoded tokens (B, T, D) of the batch's inputs (with the training mask of a ctc task applied)."""
+        """The encoded tokens (B, T, D) of the batch's inputs (with the training mask of a ctc task applied); no
+        gradient reaches the backbone while it is frozen."""
+        if self.training and self.encoder_frozen:
+            with torch.no_grad():
+                return self._tokens(batch)
+        return self._tokens(batch)
+
+    def _tokens(self, batch: Batch) -> Tensor:
         if self.training and batch.mask is not None:  # wav2vec 2.0 / data2vec CTC fine-tuning masks its input
             return self._masked_tokens(batch)
         return self._encode(batch.inputs, batch.padding_mask, self._layers)
@@ -116,15 +158,25 @@ class FinetuneModel(nn.Module):
         x = self.tokens(batch)  # (B, T, D)
         p = self.num_prefix_tokens
         if self.kind == "classification":
-            pooled = pool_tokens(x, pool=self.cfg.pool, num_prefix_tokens=p,
-                                 padding_mask=self._token_padding(batch, x.shape[1] - p))  # (B, D)
-            return self.head(self.head_drop(self.fc_norm(pooled))), None
+            if self.cfg.pool == "first":
+                pooled = x[:, 0]  # (B, T, D) -> (B, D): token 0 (<s>), prefix or not
+            else:
+                pooled = pool_tokens(x, pool=self.cfg.pool, num_prefix_tokens=p,
+                                     padding_mask=self._token_padding(batch, x.shape[1] - p))  # (B, D)
+            return self.classify(pooled), None
         body = x[:, p:]  # (B, T, D) -> (B, N, D)
         pad = self._token_padding(batch, body.shape[1])
         if pad is not None and pad.shape[1] != body.shape[1]:
             pad = pad[:, p:]  # (B, P + N) -> (B, N)
         lengths = None if pad is None else (~pad.bool()).sum(dim=1)  # (B,)
         return self.head(self.head_drop(body)), lengths
+
+    def classify(self, pooled: Tensor) -> Tensor:
+        """(B, D) pooled features -> (B, C) logits: fc_norm -> dropout [-> dense -> tanh -> dropout] -> head."""
+        h = self.head_drop(self.fc_norm(pooled))
+        if self.head_dense is not None:
+            h = self.head_drop(torch.tanh(self.head_dense(h)))
+        return self.head(h)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         if batch.labels is None:
@@ -157,5 +209,9 @@ class FinetuneModel(nn.Module):
         return F.ctc_loss(log_probs, targets.clamp(min=0), lengths, target_lengths, blank=0, reduction="mean",
                           zero_infinity=True)
 
-    def update_teacher(self, step: int) -> dict[str, float]:  # the training loop's hook: no teacher here
+    def update_teacher(self, step: int) -> dict[str, float]:
+        """The training loop's hook after optimizer step ``step`` (1-based): no teacher here; it counts the steps
+        done for ``freeze_encoder_steps``."""
+        if self.freeze_encoder_steps:
+            self.steps_done.fill_(step)
         return {}
