@@ -96,7 +96,7 @@ def test_finetune_text_sentence_pairs_with_the_roberta_head(runs, tmp_path):
     assert out["task"]["name"] == "wordnet_pairs" and out["task"]["num_test"] == 16
     result = json.loads((run / "finetune/wordnet_pairs/pretrained/result.json").read_text())
     assert (result["config"]["encoder"]["dropout"], result["config"]["encoder"]["attn_dropout"]) == (0.2, 0.3)
-    assert "head_dense.weight" in load_checkpoint(run / "finetune/wordnet_pairs/pretrained/checkpoint.pt")["model"]
+    assert "head_dense.weight" in load_checkpoint(run / "finetune/wordnet_pairs/pretrained")["model"]
 
 
 def test_finetune_speech_ctc_reports_wer_and_cer_and_freezes(runs, tmp_path):
@@ -122,8 +122,8 @@ def test_finetune_speech_ctc_reports_wer_and_cer_and_freezes(runs, tmp_path):
     text = (run / "finetune/ctc/finetune.txt").read_text()
     assert "wer" in text and "cer" in text and "lower is better" in text
     # the conv feature encoder never trained; the blocks trained on the one step after the 2 frozen ones
-    pretrained = load_checkpoint(run / "checkpoint.pt")["model"]
-    tuned = load_checkpoint(run / "finetune/ctc/pretrained/checkpoint.pt")["model"]
+    pretrained = load_checkpoint(run)["model"]
+    tuned = load_checkpoint(run / "finetune/ctc/pretrained")["model"]
     conv = [k for k in tuned if k.startswith("backbone.adapter.feature_encoder.")]
     block = "backbone.encoder.blocks.0.mlp.fc1.weight"
     assert conv and block in tuned and int(tuned["steps_done"]) == 3
