@@ -126,7 +126,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         checkpoint.atomic_save({"a": 2}, tmp_path / "c.pt")
     monkeypatch.undo()
-    assert torch.load(tmp_path / "c.pt") == {"a": 1}
+    assert torch.load(tmp_path / "c.pt", weights_only=True) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 

@@ -55,7 +55,7 @@ def _deepspeed_plain_classes() -> list[Any]:
 
 class WeightsOnlyCheckpointEngine:
     """DeepSpeed's checkpoint engine with ``load`` reading weights-only (DeepSpeed's ``TorchCheckpointEngine``
-    calls ``torch.load(weights_only=False)``); saving and everything else go to the engine it wraps."""
+    unpickles with weights-only off); saving and everything else go to the engine it wraps."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
