@@ -66,8 +66,25 @@ class TrainConfig:
             raise ValueError(f"train.stop_after must be >= 1 or null, got {self.stop_after}")
 
 
+class RunView:
+    """What the training loop asks of a run's config, for the configs that have ``name`` and ``train`` fields (the
+    pretraining experiment, one init of a fine-tune)."""
+
+    name: str
+    train: TrainConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.out_dir) / self.name
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step in one process (the global batch is this x the number of processes)."""
+        return self.train.batch_size * self.train.accumulate
+
+
 @dataclass
-class ExperimentBase:
+class ExperimentBase(RunView):
     name: str = "run"                 # the run directory is train.out_dir/name (a relative path, no '..')
     modality: str = "image"
     objective: str = "data2vec"
@@ -87,15 +104,6 @@ class ExperimentBase:
         path = PurePosixPath(self.name)
         if not path.parts or not self.name.strip() or path.is_absolute() or "\\" in self.name or ".." in path.parts:
             raise ValueError(f"name={self.name!r} must be a relative path inside train.out_dir (no '..', not absolute)")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.train.out_dir) / self.name
-
-    @property
-    def effective_batch(self) -> int:
-        """Examples per optimizer step in one process (the global batch is this x the number of processes)."""
-        return self.train.batch_size * self.train.accumulate
 
 
 @cache

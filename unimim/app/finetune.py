@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from unimim.app.experiment import TrainConfig, config_from_dict
+from unimim.app.experiment import RunView, TrainConfig, config_from_dict
 from unimim.app.probe import load_pretrained
 from unimim.app.recipes import find_recipe, resolve_recipe
 from unimim.app.registry import MODALITIES, build_objective
@@ -71,7 +71,7 @@ RECIPE_SECTIONS = ("finetune", "task", "probe", "train")
 
 
 @dataclass
-class FinetuneRun:
+class FinetuneRun(RunView):
     """One init's training run as :func:`~unimim.train.run.run_pretraining` takes it (and as its checkpoints record
     it): the fine-tune schedule resolved into ``train`` / ``optim`` steps, in ``RUN_DIR/finetune/<task>/<init>``."""
 
@@ -86,14 +86,6 @@ class FinetuneRun:
     encoder: EncoderConfig
     adapter: dict[str, Any]
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # single process (not enabled)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.train.out_dir) / self.name
-
-    @property
-    def effective_batch(self) -> int:
-        return self.train.batch_size * self.train.accumulate
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modalities.export_checks import pick_hf_class
 from modalities.image.interop.convert_hf import to_hf_data2vec_vision
 from modalities.image.interop.convert_hf_vit import materialise_positions, to_hf_vit_layout, to_hf_vit_mae
 
@@ -57,9 +58,7 @@ def hf_export(objective: nn.Module, backbone: nn.ModuleDict, cfg: Any,
     """(class name, config class name, config kwargs, state dict) of ``backbone`` (``{"adapter", "encoder"}``, the
     one ``encode`` uses) as a transformers model; ``ValueError`` naming the setting where the class cannot
     represent it. ``objective`` is only read for MAE's decoder."""
-    hf_class = hf_class or default_hf_class(cfg)
-    if hf_class not in HF_CLASSES:
-        raise ValueError(f"--hf-class {hf_class!r}: an image run exports as one of {list(HF_CLASSES)}")
+    hf_class = pick_hf_class(hf_class, default_hf_class(cfg), HF_CLASSES, "image")
     if "encoder" not in backbone:
         _refuse(hf_class, f"method.backbone: {getattr(cfg.method, 'backbone', '?')} (a Swin backbone)",
                 "export it with --to timm")

@@ -4,8 +4,8 @@
     root/test/<class>/...      (or root/val/..., the split named by task.test_split)
 
 The class of a file is the first folder under its split; files may sit deeper (``<class>/<speaker>/x.flac``).
-Lengths come from the files' headers (no decoding); unreadable files and headers that
-:func:`~modalities.speech.data.manifest.header_problem` rejects are left out and counted, as in
+Lengths come from the files' headers (no decoding); files that
+:func:`~modalities.speech.data.manifest.usable_samples` rejects are left out and counted, as in
 :func:`~modalities.speech.data.manifest.build_manifest`. A missing split, a split without class folders, or a class
 folder without audio is a clear error naming what was found.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from modalities.speech.data.manifest import AUDIO_EXTENSIONS, Manifest, header_problem, read_header
+from modalities.speech.data.manifest import AUDIO_EXTENSIONS, Manifest, usable_samples
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +51,12 @@ def scan_split(root: str | Path, split: str) -> Manifest:
         if not files:
             raise ValueError(f"class folder {base / name} holds no audio file ({', '.join(AUDIO_EXTENSIONS)})")
         for f in files:
-            try:
-                header = read_header(f)
-            except ValueError as e:
-                logger.warning("skipping unreadable audio file %s: %s", f, e)
-                bad += 1
-                continue
-            problem = header_problem(header)
-            if problem is not None:
-                logger.warning("skipping audio file %s: %s", f, problem)
+            n = usable_samples(f)
+            if n is None:
                 bad += 1
                 continue
             paths.append(str(f.relative_to(base)))
-            lengths.append(header.samples)
+            lengths.append(n)
             labels.append(name)
     if not paths:
         raise ValueError(f"no readable audio file under {base} ({bad} skipped)")

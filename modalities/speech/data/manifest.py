@@ -152,6 +152,24 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def usable_samples(path: Path) -> int | None:
+    """The length in 16 kHz samples that ``path``'s header announces, or None (the reason logged as a warning) when
+    the file cannot be opened, :func:`header_problem` rejects its header, or it is shorter than one 16 kHz sample.
+    The one per-file check of every folder scan."""
+    try:
+        header = read_header(path)
+    except ValueError as e:
+        logger.warning("skipping unreadable audio file %s: %s", path, e)
+        return None
+    problem = header_problem(header)
+    if problem is None and header.samples == 0:
+        problem = "shorter than one 16 kHz sample"
+    if problem is not None:
+        logger.warning("skipping audio file %s: %s", path, problem)
+        return None
+    return header.samples
+
+
 def build_manifest(root: str | Path, *, pattern: str = "*", labels_from_parent: bool = False) -> Manifest:
     """Scan ``root`` recursively for wav/flac/ogg files matching ``pattern``; unreadable files and files whose header
     :func:`header_problem` rejects (empty, absurd sample rate or channel count) are skipped, counted and logged.
@@ -162,20 +180,10 @@ def build_manifest(root: str | Path, *, pattern: str = "*", labels_from_parent: 
     files = sorted(p for p in root.rglob(pattern) if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     paths, lengths, labels, bad = [], [], [], 0
     for f in files:
-        try:
-            header = read_header(f)
-        except ValueError as e:
-            logger.warning("skipping unreadable audio file %s: %s", f, e)
+        n = usable_samples(f)
+        if n is None:
             bad += 1
             continue
-        problem = header_problem(header)
-        if problem is None and header.samples == 0:
-            problem = "shorter than one 16 kHz sample"
-        if problem is not None:
-            logger.warning("skipping audio file %s: %s", f, problem)
-            bad += 1
-            continue
-        n = header.samples
         paths.append(str(f.relative_to(root)))
         lengths.append(n)
         labels.append(f.parent.name)

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from modalities.export_checks import pick_hf_class, refuse_settings
 from modalities.speech.interop.convert_hf import to_hf_data2vec_audio, unimim_to_hf_config_kwargs
 
 HF_CLASSES = ("Data2VecAudioModel",)
@@ -19,17 +20,14 @@ def hf_export(objective: nn.Module, backbone: nn.ModuleDict, cfg: Any,
               hf_class: str | None = None) -> tuple[str, str, dict[str, Any], dict[str, Tensor]]:
     """(class name, config class name, config kwargs, state dict) of the speech ``backbone`` as
     ``Data2VecAudioModel``; ``ValueError`` naming a setting the class has no equivalent of."""
-    hf_class = hf_class or HF_CLASSES[0]
-    if hf_class not in HF_CLASSES:
-        raise ValueError(f"--hf-class {hf_class!r}: a speech run exports as one of {list(HF_CLASSES)}")
+    hf_class = pick_hf_class(hf_class, HF_CLASSES[0], HF_CLASSES, "speech")
     a, e = cfg.adapter, cfg.encoder
-    for bad, setting in ((a.conv_norm != "layer", f"adapter.conv_norm: {a.conv_norm}"),
-                         (e.norm_first, "encoder.norm_first: true (pre-LN blocks)"),
-                         (e.final_norm, "encoder.final_norm: true"),
-                         (e.qkv_bias is not True, f"encoder.qkv_bias: {e.qkv_bias}"),
-                         (bool(e.layer_scale_init), f"encoder.layer_scale_init: {e.layer_scale_init}")):
-        if bad:
-            raise ValueError(f"{setting} has no {hf_class} equivalent (it is the layer-norm conv, post-LN, "
-                             "biased q/k/v layout without layer scale)")
+    refuse_settings(hf_class, (
+        (a.conv_norm != "layer", f"adapter.conv_norm: {a.conv_norm}"),
+        (e.norm_first, "encoder.norm_first: true (pre-LN blocks)"),
+        (e.final_norm, "encoder.final_norm: true"),
+        (e.qkv_bias is not True, f"encoder.qkv_bias: {e.qkv_bias}"),
+        (bool(e.layer_scale_init), f"encoder.layer_scale_init: {e.layer_scale_init}"),
+    ), "it is the layer-norm conv, post-LN, biased q/k/v layout without layer scale")
     kwargs = unimim_to_hf_config_kwargs(a, e) | dict(mask_time_prob=0.05)  # 0.05: HF's default, keeps the mask emb
     return hf_class, "Data2VecAudioConfig", kwargs, to_hf_data2vec_audio(backbone.state_dict())

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modalities.export_checks import pick_hf_class, refuse_settings
 from modalities.text.interop.convert_hf import to_hf_data2vec_text, unimim_to_hf_config_kwargs
 
 HF_CLASSES = ("Data2VecTextModel",)
@@ -31,17 +32,14 @@ def hf_export(objective: nn.Module, backbone: nn.ModuleDict, cfg: Any,
               hf_class: str | None = None) -> tuple[str, str, dict[str, Any], dict[str, Tensor]]:
     """(class name, config class name, config kwargs, state dict) of the text ``backbone`` as
     ``Data2VecTextModel``; ``ValueError`` naming a setting the class has no equivalent of."""
-    hf_class = hf_class or HF_CLASSES[0]
-    if hf_class not in HF_CLASSES:
-        raise ValueError(f"--hf-class {hf_class!r}: a text run exports as one of {list(HF_CLASSES)}")
+    hf_class = pick_hf_class(hf_class, HF_CLASSES[0], HF_CLASSES, "text")
     e = cfg.encoder
-    for bad, setting in ((e.norm_first, "encoder.norm_first: true (pre-LN blocks)"),
-                         (e.final_norm, "encoder.final_norm: true"),
-                         (e.qkv_bias is not True, f"encoder.qkv_bias: {e.qkv_bias}"),
-                         (bool(e.layer_scale_init), f"encoder.layer_scale_init: {e.layer_scale_init}")):
-        if bad:
-            raise ValueError(f"{setting} has no {hf_class} equivalent (RoBERTa's post-LN, biased q/k/v layout "
-                             "without a final LayerNorm or layer scale)")
+    refuse_settings(hf_class, (
+        (e.norm_first, "encoder.norm_first: true (pre-LN blocks)"),
+        (e.final_norm, "encoder.final_norm: true"),
+        (e.qkv_bias is not True, f"encoder.qkv_bias: {e.qkv_bias}"),
+        (bool(e.layer_scale_init), f"encoder.layer_scale_init: {e.layer_scale_init}"),
+    ), "RoBERTa's post-LN, biased q/k/v layout without a final LayerNorm or layer scale")
     state = materialise_positions(backbone["adapter"], dict(backbone.state_dict()))
     kwargs = unimim_to_hf_config_kwargs(cfg.adapter, e)
     return hf_class, "Data2VecTextConfig", kwargs, to_hf_data2vec_text(state)
