@@ -106,7 +106,7 @@ text-packages:
 
 $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt &:
 	$(MAKE) --no-print-directory text-packages
-	$(PY) -m modalities.text.data.corpora $(TEXT_DATA)
+	$(PY) -m modalities.text.data.write_corpora $(TEXT_DATA)
 
 $(TEXT_TOKENIZER): $(TEXT_DATA)/gcide.txt $(TEXT_DATA)/pydocs.txt
 	$(VENV)/bin/unimim tokenizer train $@ $^ --vocab-size 8192

@@ -7,18 +7,17 @@ that are not text: binary content (a NUL byte or many control bytes in the first
 and corrupt or truncated gzip streams (checked to the end before the first document is yielded, so that a file is
 read entirely or not at all).
 
-``python -m modalities.text.data.corpora OUT_DIR`` writes the default pretraining corpora as plain text, one document
-per blank-line separated block: ``OUT_DIR/gcide.txt`` (dictionary entries; the WordNet-derived senses that GCIDE
-carries are dropped, so that pretraining never sees the probe's glosses) and ``OUT_DIR/pydocs.txt`` (one page each).
+``python -m modalities.text.data.write_corpora OUT_DIR`` writes the default pretraining corpora as plain text, one
+document per blank-line separated block: ``OUT_DIR/gcide.txt`` (dictionary entries; the WordNet-derived senses that
+GCIDE carries are dropped, so that pretraining never sees the probe's glosses) and ``OUT_DIR/pydocs.txt`` (one page
+each).
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import logging
 import re
-import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -323,25 +322,3 @@ def write_documents(docs: Iterator[str], out: Path) -> int:
                 n += 1
     tmp.replace(out)
     return n
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write the default text pretraining corpora as plain text")
-    parser.add_argument("out_dir")
-    parser.add_argument("--gcide", default=GCIDE)
-    parser.add_argument("--python-docs", default=PYTHON_DOCS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = Path(args.out_dir)
-    for name, src, docs in (("gcide.txt", args.gcide, lambda: gcide_entries(args.gcide)),
-                            ("pydocs.txt", args.python_docs, lambda: html_documents(args.python_docs))):
-        if not Path(src).exists():
-            log.error("%s not found: install the Debian packages dict-gcide and python3.11-doc", src)
-            return 1
-        n = write_documents(docs(), out / name)
-        log.info("wrote %d documents to %s", n, out / name)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
