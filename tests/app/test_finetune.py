@@ -112,6 +112,19 @@ def test_the_cpu_recipe_applies_over_the_run(pretrained_run):
     assert cfg.encoder.depth == 2  # the run's architecture, whatever the recipe
 
 
+def test_a_pretraining_job_slice_does_not_carry_into_the_fine_tune(pretrained_run, tmp_path):
+    """``train.stop_after`` / ``train.resume=false`` of the pretraining command line are that invocation's: a
+    fine-tune of a run that was pretrained in slices runs to its end (and resumes), unless its own command sets them."""
+    run = _copy(pretrained_run, tmp_path / "sliced")
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("stop_after: null", "stop_after: 1").replace("resume: true",
+                                                                                            "resume: false"))
+    assert "stop_after: 1" in config.read_text() and "resume: false" in config.read_text()
+    cfg = load_finetune_config(run)
+    assert cfg.train.stop_after is None and cfg.train.resume is True
+    assert load_finetune_config(run, overrides=["train.stop_after=3"]).train.stop_after == 3
+
+
 def test_probe_on_a_users_folder(pretrained_run, tmp_path):
     root = _folder(tmp_path / "pets", ("train", "val"))
     run = _copy(pretrained_run, tmp_path / "run")

@@ -68,6 +68,9 @@ FINETUNE_CHANGES = ("finetune.", "task.", "probe.", "train.precision", *RUNTIME_
 # what may differ when a fine-tune resumes or reuses a finished init
 FINETUNE_RESUMABLE = (*RUNTIME_CHANGES, "finetune.baseline", "finetune.eval_batch_size")
 RECIPE_SECTIONS = ("finetune", "task", "probe", "train")
+# what a pretraining command line set for that invocation only (a job slice that stopped early, a restart): a
+# fine-tune of the run starts from the defaults, not from them
+INVOCATION_DEFAULTS = {"stop_after": None, "resume": True}
 
 
 @dataclass
@@ -104,6 +107,8 @@ def load_finetune_config(run_dir: str | Path, recipe: str | Path | None = None,
         raise FileNotFoundError(f"no config.yaml in {run_dir}: is it a run directory made by `unimim pretrain`?")
     saved = yaml.safe_load(path.read_text())
     raw = copy.deepcopy(saved)
+    if isinstance(raw.get("train"), dict):  # settings of the pretraining invocation, not of the run
+        raw["train"].update({k: v for k, v in INVOCATION_DEFAULTS.items() if k in raw["train"]})
     if recipe is not None:
         recipe = resolve_recipe(recipe)  # a file, or a shipped recipe's name (image/finetune_fmnist_cpu)
         extra = read_yaml(recipe, find_recipe)
