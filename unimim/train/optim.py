@@ -88,8 +88,7 @@ def adamw_kernel(params: list[nn.Parameter]) -> dict[str, bool]:
     compute the same update (``tests/train/test_optim_schedules.py`` compares them with the plain loop); torch's own
     default picks foreach on CUDA and the plain loop on the CPU. Floating-point parameters only (fused refuses
     others)."""
-    from torch.utils._foreach_utils import (_get_foreach_kernels_supported_devices,
-                                            _get_fused_kernels_supported_devices)
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices, _get_fused_kernels_supported_devices
 
     types = {p.device.type for p in params}
     if not params or not all(torch.is_floating_point(p) for p in params):
