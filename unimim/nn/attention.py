@@ -12,7 +12,7 @@ from torch import Tensor, nn
 # of up to this many tokens, and every sequence while attention dropout is active, take the explicit path
 # (:func:`explicit_attention`: bf16 matmuls under autocast, softmax in fp32); the GPU always gets PyTorch's choice.
 # benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure the kernels.
-CPU_MATH_MAX_TOKENS = 128
+CPU_MATH_MAX_TOKENS = 256
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, *,
@@ -28,8 +28,9 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dro
     probs = logits.softmax(dim=-1)  # fp32 under autocast
     if masked_rows:
         probs = probs.nan_to_num(0.0)  # fully masked rows: 0 / 0 -> 0
-    if dropout_p > 0:
-        probs = F.dropout(probs, dropout_p)
+    if dropout_p > 0:  # each probability kept with probability 1 - p (one fp32 uniform draw each), scaled by
+        # 1 / (1 - p): F.dropout's distribution, drawn without bernoulli_ (26 % faster on the CPU: levers_cpu.py)
+        probs = probs * (torch.rand_like(probs, dtype=torch.float32) >= dropout_p) / (1.0 - dropout_p)
     return probs.to(v.dtype) @ v  # (B, H, T, T) x (B, H, T, hd) -> (B, H, T, hd)
 
 
