@@ -6,6 +6,7 @@ Sections (ViT-S/16 at 224 px, batch 8, bf16 autocast, unless said):
   recipe's attention dropout 0.05 and without dropout: PyTorch's SDPA (with dropout on the CPU: its math kernel,
   which casts q, k, v to fp32; without: the fused flash kernel) against :func:`unimim.nn.attention.explicit_attention`
   (bf16 matmuls, fp32 softmax); and the image demo shape (256, 50, 192, 3 heads).
+* ``attention_nograd``: the same without gradients (the EMA teacher's forward, evaluation), at four shapes.
 * ``dropout``: drawing the attention-dropout mask on an (8, 6, 197, 197) probability map: ``F.dropout`` (torch's
   ``bernoulli_``) on fp32 probabilities, ``rand >= p`` in fp32, and ``F.dropout`` on the probabilities cast to bf16
   first (the same Bernoulli draw; the multiply in bf16).
@@ -83,6 +84,30 @@ def attention_rows(reps: int) -> dict[str, float]:
     return out
 
 
+def attention_nograd_rows(reps: int) -> dict[str, float]:
+    """The teacher's case: a forward without gradients (eval, no dropout), fused SDPA against the explicit path."""
+    out = {}
+    for b, t, d, h in ((8, 197, 384, 6), (8, 50, 384, 6), (64, 128, 256, 4), (32, 256, 256, 4)):
+        torch.manual_seed(0)
+        layer = Attention(d, h, qkv_bias="qv").eval()
+        x, bias = torch.randn(b, t, d), torch.randn(1, h, t, t) * 0.02
+
+        def run(explicit: bool, layer=layer, x=x, bias=bias) -> None:
+            saved, fn = attention.CPU_MATH_MAX_TOKENS, torch.is_grad_enabled
+            attention.CPU_MATH_MAX_TOKENS = 1 << 30 if explicit else -1
+            torch.is_grad_enabled = lambda: True  # the explicit path's condition, without recording a graph
+            try:
+                with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+                    layer(x, attn_bias=bias)
+            finally:
+                attention.CPU_MATH_MAX_TOKENS, torch.is_grad_enabled = saved, fn
+
+        res = timed({"sdpa": lambda: run(False), "explicit": lambda: run(True)}, reps)
+        for k, v in res.items():
+            out[f"attention no grad ({b}, {t}, {d}, {h}) {k} ms"] = 1e3 * v
+    return out
+
+
 def _sdpa(q, k, v, mask, dropout_p, *, masked_rows=False):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
@@ -149,7 +174,7 @@ def teacher_rows(reps: int) -> dict[str, float]:
     return {f"teacher forward {k} ms": 1e3 * v for k, v in res.items()}
 
 
-SECTIONS = {"attention": attention_rows, "dropout": dropout_rows, "adamw": adamw_rows, "teacher": teacher_rows}
+SECTIONS = {"attention": attention_rows, "attention_nograd": attention_nograd_rows, "dropout": dropout_rows, "adamw": adamw_rows, "teacher": teacher_rows}
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # On the CPU, PyTorch's fused (flash) SDPA kernel is slower than matmul-softmax-matmul for short sequences, mostly in
-# the backward, and faster for long ones; and it takes no dropout (SDPA then falls back to its "math" kernel, which
-# on the CPU casts bf16 q, k, v to fp32 and so runs q k^T without the bf16 matrix units). So on the CPU, sequences
-# of up to this many tokens, and every sequence while attention dropout is active, take the explicit path
-# (:func:`explicit_attention`: bf16 matmuls under autocast, softmax in fp32); the GPU always gets PyTorch's choice.
-# benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure the kernels.
+# the backward, and faster for long ones (and, without a backward, for every length); and it takes no dropout (SDPA
+# then falls back to its "math" kernel, which on the CPU casts bf16 q, k, v to fp32 and so runs q k^T without the
+# bf16 matrix units). So on the CPU, sequences of up to this many tokens when gradients are recorded, and every
+# sequence while attention dropout is active, take the explicit path (:func:`explicit_attention`: bf16 matmuls
+# under autocast, softmax in fp32); a forward without gradients (the EMA teacher, evaluation) takes the fused
+# kernel; the GPU always gets PyTorch's choice. benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure them.
 CPU_MATH_MAX_TOKENS = 256
 
 
@@ -77,7 +78,7 @@ class Attention(nn.Module):
             pad = pad.masked_fill(padding_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, T)
             mask = pad if mask is None else mask + pad
         drop = self.attn_drop if self.training else 0.0
-        if x.device.type == "cpu" and (T <= CPU_MATH_MAX_TOKENS or drop > 0):
+        if x.device.type == "cpu" and (drop > 0 or (T <= CPU_MATH_MAX_TOKENS and torch.is_grad_enabled())):
             out = explicit_attention(q, k, v, mask, drop, masked_rows=padding_mask is not None)  # (B, H, T, hd)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
