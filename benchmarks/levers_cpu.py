@@ -174,7 +174,8 @@ def teacher_rows(reps: int) -> dict[str, float]:
     return {f"teacher forward {k} ms": 1e3 * v for k, v in res.items()}
 
 
-SECTIONS = {"attention": attention_rows, "attention_nograd": attention_nograd_rows, "dropout": dropout_rows, "adamw": adamw_rows, "teacher": teacher_rows}
+SECTIONS = {"attention": attention_rows, "attention_nograd": attention_nograd_rows, "dropout": dropout_rows,
+            "adamw": adamw_rows, "teacher": teacher_rows}
 
 
 def main() -> None:
