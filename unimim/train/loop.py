@@ -75,7 +75,6 @@ class LogWindow:
         return step_losses, {"loss": sum(step_losses) / n, **out}
 
 
-
 def train_loop(
     objective: Objective,
     engine: Engine,
