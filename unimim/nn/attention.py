@@ -31,7 +31,7 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dro
         probs = probs.nan_to_num(0.0)  # fully masked rows: 0 / 0 -> 0
     if dropout_p > 0:  # each probability kept with probability 1 - p (one fp32 uniform draw each) and scaled by
         # 1 / (1 - p): F.dropout's distribution and arithmetic, drawn without bernoulli_ and built in place in the
-        # draw's buffer (0.67 of F.dropout's time on the CPU: benchmarks/levers_cpu.py, section dropout)
+        # draw's buffer (0.57-0.67 of F.dropout's time on the CPU: benchmarks/levers_cpu.py, section dropout)
         probs = probs * torch.rand_like(probs, dtype=torch.float32).ge_(dropout_p).div_(1.0 - dropout_p)
     return probs.to(v.dtype) @ v  # (B, H, T, T) x (B, H, T, hd) -> (B, H, T, hd)
 
