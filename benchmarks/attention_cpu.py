@@ -1,12 +1,13 @@
-"""CPU self-attention: PyTorch's fused (flash) SDPA kernel vs its math kernel, forward + backward, and the effect on
-one text data2vec 2.0 training step.
+"""CPU self-attention: PyTorch's fused (flash) SDPA kernel vs unimim's explicit path (``explicit_attention``: bf16
+matmuls, fp32 softmax; "math" in the table), forward + backward, and the effect on one text data2vec 2.0 training
+step.
 
-``unimim.nn.attention`` runs SDPA on the CPU with the math kernel for sequences of up to ``CPU_MATH_MAX_TOKENS``
-tokens and with the fused kernel above; this benchmark is the evidence for that threshold. Part 1 times
-``Attention`` (fused qkv, out projection) forward + backward under bf16 autocast for the shapes of the CPU recipes
-and longer sequences; part 2 times full training steps of ``recipes/text/data2vec2_text_cpu.yaml`` (student,
-teacher, decoder, backward, AdamW, EMA) on real blocks with each kernel. Ratios are math / flash time in the same
-process (< 1: math is faster).
+``unimim.nn.attention`` runs the explicit path on the CPU for sequences of up to ``CPU_MATH_MAX_TOKENS`` tokens
+while gradients are recorded (and whenever attention dropout is active) and the fused kernel otherwise; this
+benchmark is the evidence for that threshold. Part 1 times ``Attention`` (fused qkv, out projection) forward +
+backward under bf16 autocast for the shapes of the CPU recipes and longer sequences; part 2 times full training
+steps of ``recipes/text/data2vec2_text_cpu.yaml`` (student, teacher, decoder, backward, AdamW, EMA) on real blocks
+with each kernel. Ratios are math / flash time in the same process (< 1: the explicit path is faster).
 
     python benchmarks/attention_cpu.py            # ~2 min on 2 cores; --no-step skips part 2 (needs make data-text)
 """

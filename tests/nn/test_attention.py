@@ -1,11 +1,13 @@
-"""The CPU attention kernel choice (unimim.nn.attention.CPU_MATH_MAX_TOKENS) is a speed choice only: outputs and
-gradients match PyTorch's fused kernel, with key padding and an additive bias."""
+"""The CPU attention kernel choice (unimim.nn.attention.CPU_MATH_MAX_TOKENS, the explicit path) is a speed choice
+only: outputs and gradients match PyTorch's fused kernel, with key padding and an additive bias; the explicit path
+matches a float64 reference, keeps SDPA's zeros for fully masked rows, and drops probabilities as SDPA's dropout."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import unimim.nn.attention as attention
-from unimim.nn.attention import Attention
+from unimim.nn.attention import Attention, explicit_attention
 
 
 def _run(math_max_tokens: int, x: torch.Tensor, pad: torch.Tensor, bias: torch.Tensor):
@@ -30,3 +32,46 @@ def test_cpu_kernel_matches_the_fused_kernel(monkeypatch, with_bias):
     fused = _run(6, x, pad, bias)  # T = 7 > 6: PyTorch's default (fused) kernel
     for a, b in zip(ref, fused):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _reference(q, k, v, mask):
+    """softmax(q k^T / sqrt(hd) + mask) v in float64, by hand."""
+    q, k, v = q.double(), k.double(), v.double()
+    logits = torch.einsum("bhtd,bhsd->bhts", q, k) / q.shape[-1] ** 0.5 + mask.double()
+    return torch.einsum("bhts,bhsd->bhtd", logits.softmax(-1), v)
+
+
+def test_explicit_attention_matches_a_float64_reference_in_fp32_and_bf16():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g) for _ in range(3))
+    mask = torch.randn(1, 3, 9, 9, generator=g)
+    ref = _reference(q, k, v, mask)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask, 0.0).double(), ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", torch.bfloat16):
+        low = explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask.bfloat16(), 0.0)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.double(), ref, rtol=0.05, atol=0.05)
+
+
+def test_explicit_attention_zeroes_fully_masked_rows_as_sdpa():
+    q, k, v = (torch.randn(2, 1, 4, 8) for _ in range(3))
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[1, :, 2] = float("-inf")  # row 2 of example 1 attends to nothing
+    ours = explicit_attention(q, k, v, mask, 0.0, masked_rows=True)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.equal(ours[1, 0, 2], torch.zeros(8))
+
+
+def test_explicit_attention_dropout_is_a_bernoulli_keep_of_each_probability():
+    """Uniform probabilities 1/T and v = I: the output is the dropped probability map itself, each entry 0 with
+    probability p and (1/T) / (1 - p) otherwise, independently."""
+    torch.manual_seed(0)
+    t, p = 64, 0.25
+    q = torch.zeros(4, 2, t, t)
+    v = torch.eye(t).expand(4, 2, t, t)
+    out = explicit_attention(q, q, v, None, p)  # (4, 2, T, T): the dropped map
+    kept = out != 0
+    assert set(out[kept].unique().tolist()) == pytest.approx([1 / t / (1 - p)])
+    n = kept.numel()
+    assert abs((~kept).float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5  # within 4 sigma
+    assert not torch.equal(kept[0, 0], kept[0, 1])  # a draw per (example, head, row, key), not per pattern

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -126,3 +127,35 @@ def test_per_parameter_clipping_clips_each_gradient_on_its_own():
     scale = 3.0 / (math.sqrt(101.0) + 1e-6)
     torch.testing.assert_close(seen["global"][0], ga * scale)
     torch.testing.assert_close(seen["global"][1], gb * scale)
+
+
+def test_adamw_kernel_is_what_torch_reports_and_matches_the_plain_loop():
+    """build_optimizer picks fused (CPU, CUDA) or foreach AdamW from torch's lists of supported devices; 5 steps of
+    it equal torch's plain per-parameter AdamW (foreach=False) on the same gradients, with weight decay on one
+    group only."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    from unimim.train.optim import adamw_kernel
+
+    assert adamw_kernel([torch.nn.Parameter(torch.zeros(2))]) == (
+        {"fused": True} if "cpu" in _get_fused_kernels_supported_devices() else {"foreach": True})
+    assert adamw_kernel([]) == {}
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    ours = copy.deepcopy(ref)
+    cfg = OptimConfig(lr=1e-2, base_lr=None, weight_decay=0.1)
+    opt = build_optimizer(ours, cfg)
+    assert opt.defaults["fused"] or opt.defaults["foreach"]
+    plain = torch.optim.AdamW([{"params": [p for n, p in ref.named_parameters() if p.ndim >= 2], "weight_decay": 0.1},
+                               {"params": [p for n, p in ref.named_parameters() if p.ndim < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=cfg.betas, eps=cfg.eps, foreach=False, fused=False)
+    for g in opt.param_groups:
+        g["lr"] = 1e-2
+    for _ in range(5):
+        x = torch.randn(4, 6)
+        for model, o in ((ours, opt), (ref, plain)):
+            o.zero_grad()
+            model(x).square().sum().backward()
+            o.step()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

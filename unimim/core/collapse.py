@@ -22,9 +22,11 @@ def channel_std(x: Tensor) -> Tensor:
     return torch.sqrt(x.var(dim=0) + 1e-6).mean()
 
 
-def check_collapse(stats: dict[str, float], floors: dict[str, float], step: int) -> None:
-    """Raise :class:`CollapseError` if any ``stats[name] < floors[name]`` (a floor of 0 is off)."""
-    low = {k: v for k, v in stats.items() if floors.get(k, 0.0) > 0 and v < floors[k]}
+def check_collapse(stats: dict[str, float | Tensor], floors: dict[str, float], step: int) -> None:
+    """Raise :class:`CollapseError` if any ``stats[name] < floors[name]`` (a floor of 0 is off). Only a statistic
+    with a floor is read on the host (a 0-d device tensor waits for the device there); the others are left alone."""
+    watched = {k: float(v) for k, v in stats.items() if floors.get(k, 0.0) > 0}
+    low = {k: v for k, v in watched.items() if v < floors[k]}
     if low:
         detail = ", ".join(f"{k}={v:.4g} < {floors[k]:.4g}" for k, v in low.items())
         raise CollapseError(

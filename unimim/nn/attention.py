@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# On the CPU, PyTorch's fused (flash) SDPA kernel is slower than its plain matmul-softmax-matmul ("math") kernel
-# for short sequences, mostly in the backward, and faster for long ones: sequences of up to this many tokens take
-# the math kernel on the CPU (benchmarks/attention_cpu.py measures both; the GPU always gets PyTorch's choice).
-CPU_MATH_MAX_TOKENS = 128
+# On the CPU, PyTorch's fused (flash) SDPA kernel is slower than matmul-softmax-matmul for short sequences, mostly in
+# the backward, and faster for long ones (and, without a backward, for every length); and it takes no dropout (SDPA
+# then falls back to its "math" kernel, which on the CPU casts bf16 q, k, v to fp32 and so runs q k^T without the
+# bf16 matrix units). So on the CPU, sequences of up to this many tokens when gradients are recorded, and every
+# sequence while attention dropout is active, take the explicit path (:func:`explicit_attention`: bf16 matmuls
+# under autocast, softmax in fp32); a forward without gradients (the EMA teacher, evaluation) takes the fused
+# kernel; the GPU always gets PyTorch's choice. benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure them.
+CPU_MATH_MAX_TOKENS = 256
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, *,
+                       masked_rows: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(hd) + mask) v with dropout on the probabilities, written out (the eager attention of
+    timm / BEiT): q, k, v (B, H, T, hd), mask (1 | B, H | 1, T, T) additive -> (B, H, T, hd). Under autocast the
+    two matmuls run in the autocast dtype and the softmax in fp32, as autocast does for any model written this way.
+    ``masked_rows``: the mask may hold ``-inf`` (key padding), so that a row whose keys are all masked gives zeros
+    (as SDPA's safe softmax), not NaN."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, hd) x (B, H, hd, T) -> (B, H, T, T)
+    if mask is not None:
+        logits = logits + mask
+    probs = logits.softmax(dim=-1)  # fp32 under autocast
+    if masked_rows:
+        probs = probs.nan_to_num(0.0)  # fully masked rows: 0 / 0 -> 0
+    if dropout_p > 0:  # each probability kept with probability 1 - p (one fp32 uniform draw each) and scaled by
+        # 1 / (1 - p): F.dropout's distribution and arithmetic, drawn without bernoulli_ and built in place in the
+        # draw's buffer (0.57-0.67 of F.dropout's time on the CPU: benchmarks/levers_cpu.py, section dropout)
+        probs = probs * torch.rand_like(probs, dtype=torch.float32).ge_(dropout_p).div_(1.0 - dropout_p)
+    return probs.to(v.dtype) @ v  # (B, H, T, T) x (B, H, T, hd) -> (B, H, T, hd)
 
 
 class Attention(nn.Module):
@@ -58,8 +79,9 @@ class Attention(nn.Module):
             pad = pad.masked_fill(padding_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, T)
             mask = pad if mask is None else mask + pad
         drop = self.attn_drop if self.training else 0.0
-        short_on_cpu = x.device.type == "cpu" and T <= CPU_MATH_MAX_TOKENS
-        with sdpa_kernel(SDPBackend.MATH) if short_on_cpu else contextlib.nullcontext():
+        if x.device.type == "cpu" and (drop > 0 or (T <= CPU_MATH_MAX_TOKENS and torch.is_grad_enabled())):
+            out = explicit_attention(q, k, v, mask, drop, masked_rows=padding_mask is not None)  # (B, H, T, hd)
+        else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, hd) -> (B, T, D)
         return self.proj_drop(self.proj(out))

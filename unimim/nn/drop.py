@@ -20,7 +20,8 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        return x * x.new_empty(shape).bernoulli_(keep) / keep
+        scale = x.new_empty(shape).bernoulli_(keep).div_(keep)  # (B, 1, ..): 0 or 1 / keep per sample
+        return x * scale  # one pass over x (not a multiply, then a divide)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

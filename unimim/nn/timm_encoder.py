@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from unimim.nn.attention import CPU_MATH_MAX_TOKENS
 from unimim.nn.encoder_output import EncoderOutput
 from unimim.nn.tokens import Tokens
 
@@ -183,10 +182,15 @@ def attention_mask(tokens: Tokens, dtype: torch.dtype) -> Tensor | None:
     return mask
 
 
+# timm's attention calls SDPA itself: on the CPU its math kernel (which casts bf16 to fp32) beats the fused one up to
+# ~128 tokens (benchmarks/attention_cpu.py, before unimim.nn.attention got its explicit bf16 path)
+TIMM_CPU_MATH_MAX_TOKENS = 128
+
+
 def run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """timm's ``Block.forward`` step by step, to keep the FFN output: x (B, T, D) -> (block output (B, T, D),
     FFN output before layer scale and residual (B, T, D)), as :class:`unimim.nn.block.Block` returns them."""
-    short_on_cpu = x.device.type == "cpu" and x.shape[1] <= CPU_MATH_MAX_TOKENS  # as unimim.nn.attention
+    short_on_cpu = x.device.type == "cpu" and x.shape[1] <= TIMM_CPU_MATH_MAX_TOKENS
     with sdpa_kernel(SDPBackend.MATH) if short_on_cpu else contextlib.nullcontext():
         x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=attn_mask)))
     ffn = block.mlp(block.norm2(x))

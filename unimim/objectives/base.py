@@ -18,10 +18,11 @@ from unimim.nn.tokens import Tokens
 
 @dataclass
 class ObjectiveOutput:
-    """loss: scalar to back-propagate; logs: detached scalars (target_std, pred_std, ...) for the metrics file."""
+    """loss: scalar to back-propagate; logs: detached scalars (target_std, pred_std, ...) for the metrics file, as
+    0-d tensors (left on the device: the training loop reads them every ``log_every`` steps) or numbers."""
 
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 class Objective(nn.Module):

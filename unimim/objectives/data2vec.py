@@ -155,7 +155,7 @@ class Data2VecBase(TeacherStudentObjective):
                 keep = (~pad).unsqueeze(-1).to(y.dtype)  # (B', N, 1)
                 cls_target = (y * keep).sum(1) / keep.sum(1).clamp_min(1)  # (B', D)
             cls_loss = regression_loss(cls, cls_target, beta=self.cfg.loss_beta, scale=self.loss_scale)
-            logs["cls_loss"] = float(cls_loss.detach())
+            logs["cls_loss"] = cls_loss.detach()
         if pad is not None:
             mask = mask & ~pad  # never regress padded positions
         pred, y = pred[mask], y[mask]  # (B', N, D) -> (M, D)
@@ -163,12 +163,12 @@ class Data2VecBase(TeacherStudentObjective):
         if cls_loss is not None:
             loss = loss + self.cfg.cls_loss_weight * cls_loss
 
-        stats = {"target_std": float(channel_std(y)), "pred_std": float(channel_std(pred))}
+        stats = {"target_std": channel_std(y), "pred_std": channel_std(pred)}  # () each, on the device
         if self.training and self.num_updates >= self.cfg.collapse_after:
             check_collapse(
                 stats, {"target_std": self.cfg.min_target_std, "pred_std": self.cfg.min_pred_std}, self.num_updates
             )
-        logs.update(stats, mask_ratio=float(mask.float().mean()))
+        logs.update(stats, mask_ratio=mask.float().mean())
         return ObjectiveOutput(loss=loss, logs=logs)
 
     def update_teacher(self, step: int) -> dict[str, float]:

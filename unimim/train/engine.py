@@ -33,8 +33,9 @@ class Engine(Protocol):
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate one micro-batch's loss (gradient accumulation is the engine's business)."""
 
-    def step(self, step: int) -> dict[str, float]:
-        """Finish optimizer step ``step``: set the lr, clip, update, zero grads. Returns lr and grad_norm."""
+    def step(self, step: int) -> dict[str, float | torch.Tensor]:
+        """Finish optimizer step ``step``: set the lr, clip, update, zero grads. Returns lr and grad_norm (a number
+        or a 0-d tensor, which the loop reads only when it logs)."""
 
     def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Each value averaged over the processes (every process calls it with the same keys)."""
@@ -108,7 +109,7 @@ class SingleProcessEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.accumulate).backward()
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> dict[str, float | torch.Tensor]:
         lr, wd = scheduled(self.lr_schedule, self.wd_schedule, step)
         set_hyperparameters(self.optimizer, lr, wd)
         self.scaler.unscale_(self.optimizer)
@@ -118,7 +119,7 @@ class SingleProcessEngine:
                 clip_per_parameter(self._params, self.clip_grad)
         else:
             max_norm = self.clip_grad if self.clip_grad is not None else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)  # () on the device, read at the log
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

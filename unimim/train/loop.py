@@ -2,7 +2,9 @@
 
 for each optimizer step:
     for each micro-batch:  loss = engine.model(batch).loss  ->  engine.backward(loss)
-    engine.step(step)  ->  objective.update_teacher(step + 1)  ->  mean over processes  ->  log  ->  checkpoint
+    engine.step(step)  ->  objective.update_teacher(step + 1)  ->  the logs join the window (on the device)
+    every log_every steps and before a checkpoint: read the window (mean over steps and processes), stop on a
+        non-finite loss (naming its step)  ->  log  ->  checkpoint
     a stop signal (SIGTERM / SIGINT, on any process)  ->  checkpoint  ->  raise TrainingInterrupted
 
 ``engine.model`` is the objective as the engine runs it (itself, or wrapped by DeepSpeed). Every process runs
@@ -16,7 +18,10 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from unimim.core.batch import Batch
@@ -32,6 +37,42 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+class LogWindow:
+    """The logs of the steps since the last read, kept as the objective and the engine return them (0-d device
+    tensors stay on the device): reading them is the loop's one host synchronisation, every ``log_every`` steps
+    and before every checkpoint, not after every micro-batch.
+
+    ``read`` gives the per-step losses and, for each key, the mean over the window's steps of the tensor values
+    (loss, grad_norm, the objective's statistics), or the last step's value of host numbers (lr, ema_decay: values
+    of a schedule at the logged step), every value averaged over the processes.
+    """
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # the optimizer step of the window's first entry
+        self.losses: list[Tensor] = []
+        self.values: dict[str, list[Any]] = {}
+
+    def add(self, loss: Tensor, values: dict[str, Any]) -> None:
+        self.losses.append(loss)
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(v.detach() if isinstance(v, Tensor) else v)
+
+    def read(self, engine: Engine, skipped: int) -> tuple[list[float], dict[str, float]]:
+        """(per-step losses (steps first .. first + n - 1), {"loss": mean, key: mean or last, "skipped_inputs"})
+        as host numbers, averaged over the processes."""
+        tensors = {k: v for k, v in self.values.items() if all(isinstance(x, Tensor) for x in v)}
+        packed = [torch.stack(self.losses).float()]  # (n,)
+        packed += [torch.stack([x.float().to(self.losses[0].device) for x in v]).mean().reshape(1)
+                   for v in tensors.values()]
+        host = torch.cat([t.to(self.losses[0].device) for t in packed]).tolist()  # one device -> host copy
+        n = len(self.losses)
+        out = {f"loss@{i}": host[i] for i in range(n)}
+        out.update(zip(tensors, host[n:]))
+        out.update({k: float(v[-1]) for k, v in self.values.items() if k not in tensors})
+        out["skipped_inputs"] = skipped
+        out = engine.reduce_mean(out)
+        step_losses = [out.pop(f"loss@{i}") for i in range(n)]
+        return step_losses, {"loss": sum(step_losses) / n, **out}
 
 
 def train_loop(
@@ -66,43 +107,49 @@ def train_loop(
                desc=desc)
     t0, n0 = time.perf_counter(), start_step
     skipped = 0  # unreadable inputs passed over by the data pipeline (Batch.skipped)
+    window = LogWindow(start_step)  # the steps since the last read of the logs, still on the device
     for step in range(start_step, total_steps):
-        step_loss, logs = 0.0, {}
+        step_loss, logs = None, {}
         for _ in range(accumulate):
             batch = next(batches)
             skipped += batch.skipped
             batch = batch.to(engine.device)
             with engine.autocast():
                 out = engine.model(batch)
-            loss = float(out.loss.detach())
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss}) at step {step}; last good checkpoint: {last_ckpt}"
-                )
             engine.backward(out.loss)
-            step_loss += loss / accumulate
+            loss = out.loss.detach() / accumulate  # () on the device: no host synchronisation per micro-batch
+            step_loss = loss if step_loss is None else step_loss + loss
             logs = out.logs
         stats = engine.step(step)
         stats.update(objective.update_teacher(step + 1))
-        # mean over processes, every step (the returned losses are the global ones); skipped counts are summed;
-        # a stop signal of any process (its number; 0 = none) reaches every process here
+        window.add(step_loss, {**stats, **logs})
+        # a stop signal of any process (its number; 0 = none) reaches every process after every step (one value
+        # agreed on; nothing to agree on in a single process)
         own_stop = stop_requested() if stop_requested is not None else None
-        logs = engine.reduce_mean({"loss": step_loss, "skipped_inputs": skipped, "stop_signal": own_stop or 0,
-                                   **logs})
-        step_loss = logs.pop("loss")
-        skipped_all = round(logs.pop("skipped_inputs") * engine.world_size)
-        stop_signal = own_stop or (signal.SIGTERM if logs.pop("stop_signal") > 0 else None)
-        losses.append(step_loss)
+        stop_signal = own_stop
+        if engine.world_size > 1:
+            agreed = engine.reduce_mean({"stop_signal": own_stop or 0})["stop_signal"]
+            stop_signal = own_stop or (signal.SIGTERM if agreed > 0 else None)
 
         done = step + 1
-        if done % log_every == 0 or done == total_steps:
-            elapsed = time.perf_counter() - t0
-            throughput = (done - n0) * samples_per_step / max(elapsed, 1e-9)
-            metrics.write(done, {"loss": step_loss, **stats, **logs, "samples_per_s": throughput,
-                                 "skipped_inputs": skipped_all})
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{stats['lr']:.2e}", sps=f"{throughput:.0f}")
-            t0, n0 = time.perf_counter(), done
-        if done % checkpoint_every == 0 or done == total_steps or stop_signal is not None:
+        log_now = done % log_every == 0 or done == total_steps
+        save_now = done % checkpoint_every == 0 or done == total_steps or stop_signal is not None
+        if log_now or save_now:  # the logs are read here, and only here: a checkpoint follows finite losses only
+            step_losses, means = window.read(engine, skipped)
+            bad = next((i for i, v in enumerate(step_losses) if not math.isfinite(v)), None)
+            if bad is not None:
+                raise NonFiniteLossError(f"non-finite loss ({step_losses[bad]}) at step {window.first + bad}; "
+                                         f"last good checkpoint: {last_ckpt}")
+            losses.extend(step_losses)
+            skipped_all = round(means.pop("skipped_inputs") * engine.world_size)
+            window = LogWindow(done)
+            if log_now:
+                elapsed = time.perf_counter() - t0
+                throughput = (done - n0) * samples_per_step / max(elapsed, 1e-9)
+                metrics.write(done, {**means, "samples_per_s": throughput, "skipped_inputs": skipped_all})
+                bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{stats['lr']:.2e}", sps=f"{throughput:.0f}")
+                t0, n0 = time.perf_counter(), done
+        if save_now:
             last_ckpt = f"{save(done)} (step {done})"
         bar.update(1)
         if stop_signal is not None and done < total_steps:  # (on the last step the run just ends)

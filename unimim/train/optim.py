@@ -78,7 +78,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.weight_decay, "wd_scale": 1.0},
         {"params": skip, "weight_decay": 0.0, "wd_scale": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps, **adamw_kernel(decay + skip))
+
+
+def adamw_kernel(params: list[nn.Parameter]) -> dict[str, bool]:
+    """The fastest AdamW implementation torch reports for where ``params`` live: ``fused=True`` (one kernel for
+    every parameter: CPU and CUDA in torch 2.11) where every parameter's device type has fused kernels, else
+    ``foreach=True`` where it has foreach kernels, else torch's default (a loop over the parameters). All three
+    compute the same update (``tests/train/test_optim_schedules.py`` compares them with the plain loop); torch's own
+    default picks foreach on CUDA and the plain loop on the CPU. Floating-point parameters only (fused refuses
+    others)."""
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices, _get_fused_kernels_supported_devices
+
+    types = {p.device.type for p in params}
+    if not params or not all(torch.is_floating_point(p) for p in params):
+        return {}
+    if types <= set(_get_fused_kernels_supported_devices()):
+        return {"fused": True}
+    if types <= set(_get_foreach_kernels_supported_devices()):
+        return {"foreach": True}
+    return {}
 
 
 def weight_decay_schedule(cfg: OptimConfig, total_steps: int) -> np.ndarray | None:
@@ -101,15 +120,16 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_deca
 @torch.no_grad()
 def clip_per_parameter(params: list[nn.Parameter], max_norm: float) -> None:
     """Each gradient scaled down to norm ``max_norm`` if above it, independently of the others (iBOT / DINO
-    ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)`` where below 1)."""
-    for p in params:
-        if p.grad is None:
-            continue
-        coef = max_norm / (float(p.grad.norm(2)) + 1e-6)
-        if coef < 1:
-            p.grad.mul_(coef)
+    ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)`` where below 1). The coefficients stay on the
+    device (clamped at 1: a gradient below the norm is multiplied by exactly 1), so nothing waits for the host."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads, 2)  # one () per gradient
+    coefs = [(max_norm / (n + 1e-6)).clamp_(max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)
 
 
-def global_grad_norm(params: list[nn.Parameter]) -> float:
-    """The 2-norm of all gradients together (what ``grad_norm`` logs), without clipping."""
-    return float(torch.nn.utils.clip_grad_norm_(params, math.inf))
+def global_grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """The 2-norm of all gradients together (what ``grad_norm`` logs), without clipping: () on the device."""
+    return torch.nn.utils.clip_grad_norm_(params, math.inf)

@@ -90,7 +90,7 @@ class BEiT(Objective):
             acc = (logits.argmax(-1) == target).float().mean()
             k = self.head.out_features
             used = torch.bincount(labels.flatten(), minlength=k).gt(0).float().mean()
-        logs = {"mlm_acc": float(acc), "mask_ratio": float(mask.float().mean()), "target_codes_used": float(used)}
+        logs = {"mlm_acc": acc, "mask_ratio": mask.float().mean(), "target_codes_used": used}  # () on the device
         return ObjectiveOutput(loss=loss, logs=logs)
 
 

@@ -153,13 +153,13 @@ class IBOT(TeacherStudentObjective):
                 self.update_centers(t)
             p_t = torch.cat(t_cls)  # (V*B, K)
             p_s = torch.cat(s_cls_log).exp()  # ((V+L)*B, K)
-            stats = {"teacher_entropy": float(entropy(p_t.mean(0))), "student_entropy": float(entropy(p_s.mean(0))),
-                     "teacher_sample_entropy": float(entropy(p_t).mean()),
-                     "student_sample_entropy": float(entropy(p_s).mean())}
+            stats = {"teacher_entropy": entropy(p_t.mean(0)), "student_entropy": entropy(p_s.mean(0)),
+                     "teacher_sample_entropy": entropy(p_t).mean(),
+                     "student_sample_entropy": entropy(p_s).mean()}  # () each, on the device
         if self.training and self.cfg.min_entropy > 0 and self.num_updates >= self.cfg.collapse_after:
             self.check_entropy(stats)
-        logs = {"cls_loss": float(cls_loss.detach()), "patch_loss": float(patch_loss.detach()),
-                "teacher_temp": tt, "mask_ratio": float(m.float().mean()), **stats}
+        logs = {"cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach(),
+                "teacher_temp": tt, "mask_ratio": m.float().mean(), **stats}
         return ObjectiveOutput(loss=loss, logs=logs)
 
     @torch.no_grad()
@@ -175,8 +175,9 @@ class IBOT(TeacherStudentObjective):
         self.center.mul_(mom).add_(cls_mean, alpha=1 - mom)
         self.center_patch.mul_(mom).add_(patch_mean, alpha=1 - mom)
 
-    def check_entropy(self, stats: dict[str, float]) -> None:
-        low = {k: stats[k] for k in ("teacher_entropy", "student_entropy") if stats[k] < self.cfg.min_entropy}
+    def check_entropy(self, stats: dict[str, float | Tensor]) -> None:
+        watched = {k: float(stats[k]) for k in ("teacher_entropy", "student_entropy")}  # read on the host here only
+        low = {k: v for k, v in watched.items() if v < self.cfg.min_entropy}
         if low:
             detail = ", ".join(f"{k}={val:.4g}" for k, val in low.items())
             raise CollapseError(

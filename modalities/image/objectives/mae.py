@@ -88,8 +88,8 @@ class MAE(Objective):
         per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
         weight = mask.to(per_patch.dtype)
         loss = (per_patch * weight).sum() / weight.sum()  # mean over masked patches only
-        logs = {"target_std": float(channel_std(target[mask])), "pred_std": float(channel_std(pred[mask])),
-                "mask_ratio": float(weight.mean())}
+        logs = {"target_std": channel_std(target[mask]), "pred_std": channel_std(pred[mask]),
+                "mask_ratio": weight.mean()}  # () each, on the device
         return ObjectiveOutput(loss=loss, logs=logs)
 
     def reconstruct(self, inputs: Tensor, mask: Tensor) -> Tensor:

@@ -106,9 +106,9 @@ class SimMIM(EncoderObjective):
         loss = (l1 * m).sum() / (m.sum() + 1e-5) / self.channels
         sel = m.expand_as(target).bool().permute(0, 2, 3, 1)  # (B, S, S, C)
         channels_last = (target.permute(0, 2, 3, 1), rec.detach().permute(0, 2, 3, 1))  # (B, S, S, C) each
-        logs = {"target_std": float(channel_std(channels_last[0][sel].reshape(-1, self.channels))),
-                "pred_std": float(channel_std(channels_last[1][sel].reshape(-1, self.channels))),
-                "mask_ratio": float(mask.float().mean())}
+        logs = {"target_std": channel_std(channels_last[0][sel].reshape(-1, self.channels)),
+                "pred_std": channel_std(channels_last[1][sel].reshape(-1, self.channels)),
+                "mask_ratio": mask.float().mean()}  # () each, on the device
         return ObjectiveOutput(loss=loss, logs=logs)
 
 
