@@ -61,10 +61,10 @@ class LogWindow:
         """(per-step losses (steps first .. first + n - 1), {"loss": mean, key: mean or last, "skipped_inputs"})
         as host numbers, averaged over the processes."""
         tensors = {k: v for k, v in self.values.items() if all(isinstance(x, Tensor) for x in v)}
+        device = self.losses[0].device
         packed = [torch.stack(self.losses).float()]  # (n,)
-        packed += [torch.stack([x.float().to(self.losses[0].device) for x in v]).mean().reshape(1)
-                   for v in tensors.values()]
-        host = torch.cat([t.to(self.losses[0].device) for t in packed]).tolist()  # one device -> host copy
+        packed += [torch.stack([x.float().to(device) for x in v]).mean().reshape(1) for v in tensors.values()]
+        host = torch.cat(packed).tolist()  # one device -> host copy
         n = len(self.losses)
         out = {f"loss@{i}": host[i] for i in range(n)}
         out.update(zip(tensors, host[n:]))
