@@ -6,6 +6,9 @@
     unimim probe RUN_DIR [key.sub=value ...]           linear probe + kNN, pretrained vs random weights
     unimim finetune RUN_DIR [RECIPE.yaml] [key=value]  fine-tune the encoder on a labelled task, and the same
                                                        architecture from random init; RUN_DIR/finetune/<task>/
+    unimim bench SUITE.yaml [key.sub=value ...]        pretrain every entry of a suite under one budget, probe and
+        [--only NAME ...] [--compare A B]              fine-tune each vs random weights / from scratch / raw input;
+                                                       out_dir/name/results.md (.csv, .json, plots); resumes
     unimim config RECIPE.yaml [key.sub=value ...]      print the resolved config (base: chains merged)
     unimim recipes                                     list the shipped recipes (RECIPE may be one of their names,
                                                        e.g. image/mae_fmnist_cpu, wherever a recipe path is taken)
@@ -69,6 +72,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(result["table"])
     if result["complete"]:
         log.info("wrote %s/finetune.json", result["task_dir"])
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from unimim.app.bench import bench_run, compare_run, load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    if args.compare:
+        print(compare_run(suite, *args.compare))
+        return 0
+    results = bench_run(suite, only=args.only, progress=not args.no_progress)
+    from unimim.app.bench import suite_dir
+
+    print((suite_dir(suite) / "results.md").read_text(), end="")
+    failed = [r["name"] for r in results["entries"] if r["status"] == "failed"]
+    if failed:
+        log.error("entries failed: %s (their errors are in the table; the same command runs them again)",
+                  ", ".join(failed))
+        return 1
     return 0
 
 
@@ -173,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. finetune.epochs=5)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("bench", help="a benchmark suite: entries pretrained under one budget, each probed and "
+                                     "fine-tuned against random weights, from scratch and the raw input")
+    p.add_argument("suite", help="a suite file, or a shipped suite's name (bench/cross_modal_cpu)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the suite (e.g. budget.value=120)")
+    p.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these entries")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="compare two finished entries (paired intervals from the stored predictions); runs nothing")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("config", help="print the resolved config of a recipe")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")

@@ -21,6 +21,7 @@ from unimim.config import ConfigError
 from unimim.eval.compare import paired_bootstrap
 from unimim.eval.features import extract_features
 from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe, whiten_features
+from unimim.eval.task import LabelledTask
 from unimim.objectives.base import resolve_layers
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from unimim.train.engine import resolve_device
@@ -36,16 +37,20 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     return config_from_dict(yaml.safe_load(path.read_text()), overrides)
 
 
-def load_pretrained(run_dir: str | Path, cfg: Any, device: torch.device) -> torch.nn.Module:
+def load_pretrained(run_dir: str | Path, cfg: Any, device: torch.device, *,
+                    with_step: bool = False) -> torch.nn.Module | tuple[torch.nn.Module, int]:
+    """The objective of ``cfg`` with the run's latest checkpoint loaded, in eval mode on ``device`` (and the
+    checkpoint's step with ``with_step``)."""
     objective = build_objective(cfg)
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, map_location="cpu")
     objective.load_state_dict(ckpt["model"])
-    return objective.to(device).eval()
+    objective = objective.to(device).eval()
+    return (objective, int(ckpt["step"])) if with_step else objective
 
 
-def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], Any]:
-    """(train, test, collate, token_padding) of the probes: the config's labelled task (``task`` section, the
-    deterministic eval transform on both splits: ``build_task(..., train_augment=False)``)."""
+def probe_task(cfg: Any) -> LabelledTask:
+    """The probes' labelled task: the config's ``task`` section, with the deterministic eval transform on both
+    splits (``build_task(..., train_augment=False)``); a classification task."""
     spec = MODALITIES[cfg.modality]
     if spec.build_task is None or not hasattr(cfg, "task"):
         raise ConfigError(f"modality {cfg.modality!r} declares no labelled task (ModalitySpec.build_task): "
@@ -54,19 +59,35 @@ def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], 
     if task.kind != "classification":
         raise ConfigError(f"the probes classify pooled features; task {task.name!r} is a {task.kind} task "
                           "(fine-tune it with `unimim finetune`, or set task.* to a classification task)")
+    return task
+
+
+def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], Any]:
+    """(train, test, collate, token_padding) of the probes (:func:`probe_task`)."""
+    task = probe_task(cfg)
     return task.train, task.test, task.eval_collate, task.token_padding
 
 
-def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """Probe the run's student encoder and a randomly initialised twin; write probe.json; return the results."""
+def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
+              out: str | Path | None = None, random_twin: bool = True) -> dict[str, Any]:
+    """Probe the run's student encoder (its latest checkpoint) and a randomly initialised twin; write
+    ``out`` (default ``RUN_DIR/probe.json``, beside it the table as ``.txt``); return the results.
+
+    The result holds, besides the accuracies, the per-example test predictions of both linear probes
+    (``predictions``: ``labels``, ``pretrained``, ``random``), so that any two probes on the same task can be
+    compared with a paired interval later (:func:`unimim.eval.compare.paired_bootstrap`), and the checkpoint's
+    ``step``. ``random_twin=False`` probes the pretrained encoder alone (``linear_gain`` is then None): the
+    intermediate points of a benchmark's accuracy-against-budget curve, whose random twin does not change."""
     run_dir = Path(run_dir)
+    out = run_dir / "probe.json" if out is None else Path(out)
     cfg = load_run_config(run_dir, overrides)
     pcfg = cfg.probe
     device = resolve_device(cfg.train.device)
     spec = MODALITIES[cfg.modality]
     if spec.bind_run_dir is not None:  # evaluate with the run's own copy of its inputs (the text tokenizer)
         spec.bind_run_dir(cfg.data, run_dir)
-    train_set, test_set, collate, token_padding = probe_sets(cfg)
+    task = probe_task(cfg)
+    train_set, test_set, collate, token_padding = task.train, task.test, task.eval_collate, task.token_padding
 
     def loader(ds):
         return DataLoader(ds, batch_size=max(cfg.train.batch_size, 256), shuffle=False,
@@ -74,14 +95,17 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
 
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     seed_everything(cfg.train.seed)
-    encoders = {"random": build_objective(cfg).to(device).eval(), "pretrained": load_pretrained(run_dir, cfg, device)}
+    # the random twin is drawn first, right after seeding (as it always was: the same random weights per seed)
+    encoders = {"random": build_objective(cfg).to(device).eval()} if random_twin else {}
+    pretrained, step = load_pretrained(run_dir, cfg, device, with_step=True)
+    encoders["pretrained"] = pretrained
     if pcfg.layers is not None:  # before any feature is extracted
-        depth = encoders["random"].num_layers
+        depth = pretrained.num_layers
         if depth == 0:
             raise ConfigError(f"probe.layers is not supported by objective {cfg.objective!r} (its features do not "
                               "come from transformer blocks); leave it unset")
         resolve_layers(pcfg.layers, depth)
-    rows, correct = [], {}
+    rows, correct, predictions = [], {}, {}
     for name, model in encoders.items():
         t0 = time.perf_counter()
         feats = {}
@@ -96,19 +120,24 @@ def probe_run(run_dir: str | Path, overrides: list[str] | None = None, *, progre
         if pcfg.whiten:
             xtr, xte = whiten_features(xtr, xte, pcfg.whiten_eps)
         lin = linear_probe(xtr, ytr, xte, yte, pcfg, return_predictions=True)
-        correct[name] = lin["test_pred"].cpu() == yte.cpu()  # (M,) bool
+        predictions[name] = lin["test_pred"].cpu()  # (M,) class ids
+        correct[name] = predictions[name] == yte.cpu()  # (M,) bool
         knn = knn_accuracy(xtr, ytr, xte, yte, k=pcfg.knn_k, temperature=pcfg.knn_temperature)
         rows.append({"encoder": name, "linear": lin["test_acc"], "linear_train": lin["train_acc"], "knn": knn,
                      "seconds": round(time.perf_counter() - t0, 1)})
         log.info("%s encoder: linear %.4f, kNN %.4f", name, lin["test_acc"], knn)
     # the linear gain on the same test examples, with a paired bootstrap interval: "clearly better" as a number
-    gain = paired_bootstrap(correct["pretrained"], correct["random"], seed=cfg.train.seed)
-    result = {"run_dir": str(run_dir), "num_train": len(train_set), "num_test": len(test_set),
+    gain = paired_bootstrap(correct["pretrained"], correct["random"], seed=cfg.train.seed) if random_twin else None
+    result = {"run_dir": str(run_dir), "task": task.name, "step": step, "num_train": len(train_set),
+              "num_test": len(test_set),
               "pool": pcfg.pool, "layers": pcfg.layers, "whiten": pcfg.whiten, "results": rows,
-              "linear_gain": gain}
-    (run_dir / "probe.json").write_text(json.dumps(result, indent=2))
-    table = format_probe_table(rows) + (
-        f"\nlinear, pretrained - random: {gain['diff']:+.4f} ({gain['level']:.0%} paired bootstrap interval "
-        f"{gain['low']:+.4f} to {gain['high']:+.4f}, {len(test_set)} test examples)")
-    (run_dir / "probe.txt").write_text(table + "\n")
+              "linear_gain": gain,
+              "predictions": {"labels": yte.cpu().tolist(), **{k: v.tolist() for k, v in predictions.items()}}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    table = format_probe_table(rows)
+    if gain is not None:
+        table += (f"\nlinear, pretrained - random: {gain['diff']:+.4f} ({gain['level']:.0%} paired bootstrap "
+                  f"interval {gain['low']:+.4f} to {gain['high']:+.4f}, {len(test_set)} test examples)")
+    out.with_suffix(".txt").write_text(table + "\n")
     return result | {"table": table}

@@ -96,6 +96,12 @@ def _leading_comment(path: Path, width: int = 100) -> str:
 
 
 FINETUNE = "finetune"  # the objective column of a fine-tune recipe
+SUITES = "bench"       # the folder of the benchmark suites (``unimim bench``)
+
+
+def is_suite(name: str) -> bool:
+    """``bench/*``: a benchmark suite (``unimim bench``), not a recipe of one run."""
+    return PurePosixPath(name).parts[0] == SUITES
 
 
 def is_finetune_recipe(name: str) -> bool:
@@ -108,12 +114,14 @@ def list_recipes(default_modality: str = "image", default_objective: str = "data
     """The shipped recipes (bases left out) with their modality and objective (after ``base:`` merging; the
     defaults when a recipe names none: the experiment config's) and the first sentence of their leading comment.
     A fine-tune recipe (``<modality>/finetune_*``) names no run: its modality is its folder and its objective
-    column reads ``finetune``."""
+    column reads ``finetune``; a suite (``bench/*``) reads ``-`` and ``suite``."""
     out = []
     for name in recipe_names():
         path = find_recipe(name)
         raw = read_yaml(path, find_recipe)
-        if is_finetune_recipe(name):
+        if is_suite(name):
+            modality, objective = "-", "suite"
+        elif is_finetune_recipe(name):
             modality, objective = PurePosixPath(name).parts[0], FINETUNE
         else:
             modality, objective = str(raw.get("modality", default_modality)), str(raw.get("objective",
