@@ -95,15 +95,22 @@ def stage_config(plan: EntryPlan, stage: Stage, extra: list[str] | None = None) 
     return load_recipe(stage.recipe, [*_stage_overrides(plan, stage), *(extra or [])])
 
 
-def _identity(cfg: Any) -> dict[str, Any]:
-    """A stage's config without what may change between invocations (machine settings, where it runs)."""
+def _identity(cfg: Any, entry_dir: Path) -> dict[str, Any]:
+    """A stage's config without what may change between invocations (machine settings, where it runs: a path into
+    the entry's directory, such as an earlier stage's run, is kept relative to it)."""
     flat = _flatten(to_dict(cfg))
-    return {k: v for k, v in flat.items() if not k.startswith((*RUNTIME_CHANGES, "name"))}
+    here = str(entry_dir)
+    return {k: v.replace(here, "{entry}") if isinstance(v, str) else v for k, v in flat.items()
+            if not k.startswith((*RUNTIME_CHANGES, "name"))}
+
+
+def finetunes(suite: Suite, entry: Entry) -> bool:
+    return suite.evaluate.finetune and entry.finetune is not False
 
 
 def _finetune_recipe(suite: Suite, entry: Entry, modality: str) -> str | None:
-    if entry.finetune is False or not suite.evaluate.finetune:
-        return None
+    """The entry's fine-tune recipe: its own, else its modality's in the suite; None: the run's own ``finetune`` and
+    ``task`` settings (as ``unimim finetune RUN_DIR`` without a recipe)."""
     return entry.finetune if isinstance(entry.finetune, str) else suite.evaluate.finetune_recipes.get(modality)
 
 
@@ -114,13 +121,14 @@ def plan_entry(suite: Suite, entry: Entry, suite_dir: Path) -> EntryPlan:
     stages = []
     for stage, share in zip(entry.stages, entry.shares()):
         cfg = stage_config(plan, stage)
-        stages.append({"name": stage.name, "share": share, "config": _identity(cfg)})
+        stages.append({"name": stage.name, "share": share, "config": _identity(cfg, plan.dir)})
     modality = stage_config(plan, entry.stages[-1]).modality
-    ft = _finetune_recipe(suite, entry, modality)
+    ft = _finetune_recipe(suite, entry, modality) if finetunes(suite, entry) else None
     ident = {"stages": stages, "budget": to_dict(suite.budget), "launch": to_dict(suite.launch),
              "evaluate": {"probe": suite.evaluate.probe, "probe_points": suite.evaluate.probe_points,
                           "probe_overrides": entry.probe_overrides, "baselines": suite.evaluate.baselines,
-                          "finetune": None if ft is None else read_yaml(resolve_recipe(ft), find_recipe),
+                          "finetune": finetunes(suite, entry),
+                          "finetune_recipe": None if ft is None else read_yaml(resolve_recipe(ft), find_recipe),
                           "finetune_overrides": entry.finetune_overrides}}
     plan.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return plan
@@ -281,12 +289,8 @@ def run_entry(plan: EntryPlan, *, progress: bool = True) -> dict[str, Any]:
         offset = {k: offset[k] + at[k] for k in offset}
     last_dir = plan.stage_dir(plan.last)
     cfg = stage_config(plan, plan.last)
-    finetune = None
-    recipe = _finetune_recipe(suite, entry, cfg.modality)
-    if suite.evaluate.finetune and recipe is None:
-        log.warning("%s: no fine-tune recipe for modality %s (evaluate.finetune_recipes); not fine-tuned", entry.name,
-                    cfg.modality)
-    if recipe is not None:
+    finetune, recipe = None, _finetune_recipe(suite, entry, cfg.modality)
+    if finetunes(suite, entry):
         from unimim.app.finetune import finetune_run
 
         finetune = finetune_run(last_dir, recipe, list(entry.finetune_overrides), progress=progress)
