@@ -21,6 +21,7 @@ from unimim.config import ConfigError
 from unimim.eval.compare import paired_bootstrap
 from unimim.eval.features import extract_features
 from unimim.eval.probe import format_probe_table, knn_accuracy, linear_probe, whiten_features
+from unimim.eval.task import LabelledTask
 from unimim.objectives.base import resolve_layers
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from unimim.train.engine import resolve_device
@@ -43,9 +44,9 @@ def load_pretrained(run_dir: str | Path, cfg: Any, device: torch.device) -> torc
     return objective.to(device).eval()
 
 
-def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], Any]:
-    """(train, test, collate, token_padding) of the probes: the config's labelled task (``task`` section, the
-    deterministic eval transform on both splits: ``build_task(..., train_augment=False)``)."""
+def probe_task(cfg: Any) -> LabelledTask:
+    """The labelled task of the probes: the config's ``task`` section, with the deterministic eval transform on both
+    splits (``build_task(..., train_augment=False)``); a classification task."""
     spec = MODALITIES[cfg.modality]
     if spec.build_task is None or not hasattr(cfg, "task"):
         raise ConfigError(f"modality {cfg.modality!r} declares no labelled task (ModalitySpec.build_task): "
@@ -54,6 +55,12 @@ def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], 
     if task.kind != "classification":
         raise ConfigError(f"the probes classify pooled features; task {task.name!r} is a {task.kind} task "
                           "(fine-tune it with `unimim finetune`, or set task.* to a classification task)")
+    return task
+
+
+def probe_sets(cfg: Any) -> tuple[Dataset, Dataset, Callable[[list[Any]], Any], Any]:
+    """(train, test, collate, token_padding) of the probes: the splits of :func:`probe_task`."""
+    task = probe_task(cfg)
     return task.train, task.test, task.eval_collate, task.token_padding
 
 
