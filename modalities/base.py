@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from unimim.eval.raw_baseline import RawExtractor
 from unimim.eval.task import LabelledTask
 from unimim.nn.encoder import TransformerEncoder, build_encoder
 from unimim.nn.tokens import Tokens
@@ -71,6 +72,9 @@ class ModalitySpec:
             whole experiment config (data and adapter settings), ``train_augment`` False for probes (the
             deterministic eval transform on both splits). A split that does not exist is a clear error naming
             what was found, never a fallback.
+        raw_baseline(cfg) -> a :class:`~unimim.eval.raw_baseline.RawExtractor`, the raw-input features the probes
+            are compared against on the task's splits (image: pixels; speech: pooled log-mel; text: TF-IDF of the
+            token ids); ``cfg`` is the whole experiment config. None: the modality has no raw-input baseline.
     """
 
     adapter_config: type
@@ -84,6 +88,7 @@ class ModalitySpec:
     tiny_data: Callable[[Path], list[str]] | None = None
     task_config: type | None = None
     build_task: Callable[[Any, Any, bool], LabelledTask] | None = None
+    raw_baseline: Callable[[Any], RawExtractor] | None = None
 
 
 def build_vit(cfg: Any, modality: ModalitySpec) -> tuple[nn.Module, TransformerEncoder]:

@@ -1,6 +1,7 @@
 """The image modality: patch embedding, block/random/inverse-block/SimMIM masks, image folders and Fashion-MNIST."""
 
 from modalities.base import ModalitySpec
+from modalities.image.baseline import pixel_baseline
 from modalities.image.data.dataset import ImageDataConfig
 from modalities.image.data.source import build_pretrain_source, check_experiment
 from modalities.image.data.task import ImageTaskConfig, build_task
@@ -17,6 +18,7 @@ IMAGE = ModalitySpec(
     check=check_experiment,
     task_config=ImageTaskConfig,
     build_task=build_task,
+    raw_baseline=pixel_baseline,
     tiny=(
         "encoder.dim=32", "encoder.depth=2", "encoder.num_heads=2", "encoder.drop_path=0.1",
         "adapter.image_size=16", "adapter.patch_size=4", "adapter.in_chans=1",

@@ -3,6 +3,7 @@ manifests (fairseq TSV), a synthesised keyword set for probing, and the labelled
 CTC speech recognition: ``modalities.speech.task``)."""
 
 from modalities.base import ModalitySpec
+from modalities.speech.baseline import logmel_baseline
 from modalities.speech.data.dataset import SpeechDataConfig
 from modalities.speech.data.source import build_pretrain_source, check_experiment
 from modalities.speech.data.tiny import tiny_data
@@ -28,4 +29,5 @@ SPEECH = ModalitySpec(
     tiny_data=tiny_data,
     task_config=SpeechTaskConfig,
     build_task=build_task,
+    raw_baseline=logmel_baseline,
 )

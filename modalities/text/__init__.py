@@ -3,6 +3,7 @@ masking, the RoBERTa-style embedding adapter, the WordNet-category probe and the
 (sequence and sentence-pair classification from TSV / CSV / JSONL files or class folders, :mod:`.task`)."""
 
 from modalities.base import ModalitySpec, all_checks
+from modalities.text.baseline import tfidf_baseline
 from modalities.text.data.dataset import TextDataConfig
 from modalities.text.data.source import bind_run_dir, build_pretrain_source, check_experiment
 from modalities.text.data.tiny import tiny_data
@@ -29,4 +30,5 @@ TEXT = ModalitySpec(
     tiny_data=tiny_data,
     task_config=TextTaskConfig,
     build_task=build_task,
+    raw_baseline=tfidf_baseline,
 )
