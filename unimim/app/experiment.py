@@ -54,6 +54,9 @@ class TrainConfig:
     threads: int | None = None        # torch intra-op threads (None = torch default)
     stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job
                                       # slice; the schedule still spans `steps`; the next invocation resumes)
+    max_seconds: float | None = None  # a wall-clock budget: the run ends (with a checkpoint) after the first step
+                                      # at which its training seconds since step 0 (over resumes) reach it; the lr
+                                      # schedule still spans `steps`. May be raised on resume to continue
     loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None  # metric sinks beside JSONL (always
                                       # written); None: TensorBoard when installed. A listed one must be installed
     wandb_project: str = "unimim"     # W&B project; entity and mode from WANDB_ENTITY / WANDB_MODE (offline works)
@@ -64,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"train.stop_after must be >= 1 or null, got {self.stop_after}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"train.max_seconds must be > 0 or null, got {self.max_seconds}")
 
 
 class RunView:

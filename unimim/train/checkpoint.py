@@ -5,10 +5,11 @@ A checkpoint (format version 2) is a pair of files in one directory (the run dir
 
     model.safetensors     the objective's state dict: every tensor (student, teacher, buffers) in safetensors; the
                           non-tensor leaves of its extra state (the teacher's update count, ...) as JSON in the
-                          file's metadata, with the format, its version and the step
+                          file's metadata, with the format, its version, the step and the run's totals (elapsed
+                          seconds, FLOPs: :mod:`unimim.train.progress` reads them from the header alone)
     training_state.pt     what resuming needs beside the weights: the engine's state (optimizer, loss scaler), the
-                          step, the RNG states (tensors, lists, ints), the resolved config (a plain dict); a
-                          ``torch.save`` file read back with ``torch.load(weights_only=True)``
+                          step, the run's totals, the RNG states (tensors, lists, ints), the resolved config (a plain
+                          dict); a ``torch.save`` file read back with ``torch.load(weights_only=True)``
 
 Both are written to temporary files first, then renamed (weights first); the step is recorded in both and a pair
 whose steps differ (a write interrupted between the two renames) is refused. A version-1 checkpoint (one pickle,
@@ -296,12 +297,14 @@ def has_checkpoint(path: str | Path) -> bool:
 
 
 def write_checkpoint(path: str | Path, *, model_state: dict[str, Any], engine_state: dict[str, Any], step: int,
-                     config: dict[str, Any]) -> None:
-    """Write the pair at ``path`` (see :func:`checkpoint_paths`): both to temporary files, then renamed."""
+                     config: dict[str, Any], totals: dict[str, Any] | None = None) -> None:
+    """Write the pair at ``path`` (see :func:`checkpoint_paths`): both to temporary files, then renamed.
+    ``totals``: what the run has spent up to ``step`` (plain numbers: :class:`unimim.train.progress.RunTotals`)."""
     weights, training = checkpoint_paths(path)
-    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "step": str(int(step))}
-    train_state = {"format": FORMAT, "version": FORMAT_VERSION, "step": int(step), "engine": engine_state,
-                   "rng": rng_state(), "config": config}
+    totals = dict(totals or {})
+    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "step": str(int(step)), "totals": json.dumps(totals)}
+    train_state = {"format": FORMAT, "version": FORMAT_VERSION, "step": int(step), "totals": totals,
+                   "engine": engine_state, "rng": rng_state(), "config": config}
 
     def write_training(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -311,19 +314,21 @@ def write_checkpoint(path: str | Path, *, model_state: dict[str, Any], engine_st
 
 
 def save_checkpoint(
-    path: str | Path, *, model: torch.nn.Module, engine: Any, step: int, config: dict[str, Any]
+    path: str | Path, *, model: torch.nn.Module, engine: Any, step: int, config: dict[str, Any],
+    totals: dict[str, Any] | None = None,
 ) -> None:
     """Save everything needed to continue the run at optimizer step ``step`` (= completed updates): the pair
-    ``model.safetensors`` + ``training_state.pt`` at ``path`` (the run directory or its ``model.safetensors``)."""
+    ``model.safetensors`` + ``training_state.pt`` at ``path`` (the run directory or its ``model.safetensors``),
+    with the run's ``totals`` up to that step."""
     write_checkpoint(path, model_state=model.state_dict(), engine_state=engine.state_dict(), step=step,
-                     config=config)
+                     config=config, totals=totals)
     log.info("saved checkpoint at step %d to %s", step, checkpoint_paths(path)[0])
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``{"version", "step", "model", "engine", "rng", "config"}`` of the checkpoint at ``path`` (the run directory
-    or its ``model.safetensors``; a version-1 ``checkpoint.pt`` is read when no pair is there). Nothing is
-    unpickled but tensors and plain data."""
+    """``{"version", "step", "totals", "model", "engine", "rng", "config"}`` of the checkpoint at ``path`` (the run
+    directory or its ``model.safetensors``; a version-1 ``checkpoint.pt`` is read when no pair is there). ``totals``
+    is ``{}`` for a checkpoint written before runs recorded them. Nothing is unpickled but tensors and plain data."""
     path = Path(path)
     weights, training = checkpoint_paths(path)
     if not weights.is_file() and not training.is_file():
@@ -348,8 +353,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "(a write was interrupted between the two renames); restore a consistent pair, or start over with "
             "train.resume=false"
         )
-    return {"version": FORMAT_VERSION, "step": int(state["step"]), "model": model, "engine": state["engine"],
-            "rng": state["rng"], "config": state["config"]}
+    return {"version": FORMAT_VERSION, "step": int(state["step"]), "totals": dict(state.get("totals") or {}),
+            "model": model, "engine": state["engine"], "rng": state["rng"], "config": state["config"]}
 
 
 def _load_legacy(path: Path, map_location: str | torch.device) -> dict[str, Any]:

@@ -7,10 +7,11 @@ Layout of a run directory (it must be on a filesystem every node sees, as DeepSp
 
     deepspeed/latest                 name of the newest complete tag (written by DeepSpeed after all ranks saved)
     deepspeed/step{N}/               DeepSpeed's files (module, per-rank ZeRO optimizer shards) and ours:
-        unimim.pt                    step, resolved config, world size, the objective's extra state (EMA teacher)
+        unimim.pt                    step, the run's totals (elapsed seconds, FLOPs), resolved config, world size,
+                                     the objective's extra state (EMA teacher)
         rng_rank{r}.pt               each rank's RNG states (tensors, lists, ints)
     model.safetensors                consolidated fp32 student + teacher, in the single-process format, with
-    training_state.pt                the step, the config and the tag it was exported from
+    training_state.pt                the step, the run's totals, the config and the tag it was exported from
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from unimim.train.checkpoint import (
     write_checkpoint,
 )
 from unimim.train.ds_engine import DeepSpeedEngine
+from unimim.train.progress import RunTotals
 from unimim.train.run_dir import OutputError, describe_os_error
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,14 @@ def _extra_state(model: torch.nn.Module) -> dict[str, Any]:
 
 
 class DeepSpeedCheckpoints:
-    """Save / resume a DeepSpeed run in ``run_dir``; ``config`` is the resolved experiment config (a dict)."""
+    """Save / resume a DeepSpeed run in ``run_dir``; ``config`` is the resolved experiment config (a dict).
+    ``totals``: the run's totals, shared with the training loop (which advances them): each save stores them,
+    :meth:`resume` sets them to the checkpoint's."""
 
-    def __init__(self, engine: DeepSpeedEngine, run_dir: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, engine: DeepSpeedEngine, run_dir: str | Path, config: dict[str, Any],
+                 totals: RunTotals | None = None) -> None:
         self.engine = engine
+        self.totals = totals if totals is not None else RunTotals()
         self.run_dir = Path(run_dir)
         self.save_dir = self.run_dir / DS_DIR
         self.config = config
@@ -104,7 +110,8 @@ class DeepSpeedCheckpoints:
         tag_dir = self.save_dir / tag
         if e.is_main:
             tag_dir.mkdir(parents=True, exist_ok=True)
-            atomic_save({"version": UNIMIM_STATE_VERSION, "step": step, "config": self.config,
+            atomic_save({"version": UNIMIM_STATE_VERSION, "step": step, "totals": self.totals.as_dict(),
+                         "config": self.config,
                          "world_size": e.world_size, "extra_state": _extra_state(e.objective)}, tag_dir / "unimim.pt")
         dist_utils.barrier()
         atomic_save(rng_state(), tag_dir / f"rng_rank{e.rank}.pt")
@@ -117,13 +124,14 @@ class DeepSpeedCheckpoints:
                 if old.name != tag and old.is_dir():
                     shutil.rmtree(old)
             write_checkpoint(self.run_dir, model_state=full, engine_state={"deepspeed": str(tag_dir)}, step=step,
-                             config=self.config)
+                             config=self.config, totals=self.totals.as_dict())
             log.info("saved DeepSpeed checkpoint %s and the consolidated fp32 export %s", tag_dir, path)
         dist_utils.barrier()
         return str(path)
 
     def resume(self, check_config: Callable[[dict[str, Any], dict[str, Any]], None]) -> int:
-        """Load the newest complete checkpoint on every rank and return its step (0 when there is none).
+        """Load the newest complete checkpoint on every rank and return its step (0 when there is none); the
+        run's totals become the checkpoint's.
         ``check_config(saved, current)`` raises when the run's config changed in a way that breaks resumption."""
         latest = self.save_dir / "latest"
         if not latest.is_file():
@@ -150,4 +158,5 @@ class DeepSpeedCheckpoints:
             raise RuntimeError(f"DeepSpeed could not load its checkpoint {tag_dir}")
         self.engine.objective.load_state_dict(info["extra_state"], strict=False)  # teacher + update count
         set_rng_state(safe_load(rng_path, "DeepSpeed checkpoint RNG state", "cpu"))
+        self.totals.update(RunTotals.from_dict(info.get("totals")))
         return int(info["step"])

@@ -34,17 +34,19 @@ from unimim.train.interrupt import stop_on_signals
 from unimim.train.loop import train_loop
 from unimim.train.metrics import MetricsWriter, NullMetrics, check_loggers
 from unimim.train.optim import build_optimizer, peak_lr, weight_decay_schedule
+from unimim.train.progress import RunTotals
 from unimim.train.run_dir import OutputError, describe_os_error, locked, make_run_dir, remove_partial_files, set_aside
 from unimim.train.schedules import cosine_with_warmup
 
 log = logging.getLogger(__name__)
 
 # keys that may differ between a run and its resumption without changing the trajectory. Not train.steps: the lr
-# schedule spans it, so a new length would jump the lr (end a job slice early with train.stop_after instead).
+# schedule spans it, so a new length would jump the lr (end a job slice early with train.stop_after instead; a
+# wall-clock budget, train.max_seconds, may be extended on resume).
 # Not part of a run's identity either: train.out_dir (a moved or copied run directory resumes).
 RUNTIME_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
-                   "train.resume", "train.threads", "train.device", "train.stop_after", "train.loggers",
-                   "train.wandb_project")
+                   "train.resume", "train.threads", "train.device", "train.stop_after", "train.max_seconds",
+                   "train.loggers", "train.wandb_project")
 # evaluation settings (probes, fine-tuning and its labelled task) never block resuming pretraining
 RESUMABLE_CHANGES = (*RUNTIME_CHANGES, "deepspeed.timeout_s", "probe.", "task.", "finetune.")
 
@@ -54,6 +56,9 @@ class PretrainResult:
     run_dir: Path
     losses: list[float]   # per optimizer step run in this call
     start_step: int       # 0, or the step resumed from
+    stopped_by: str = "steps"  # steps (train.steps reached) | stop_after | max_seconds | complete (nothing to run)
+    elapsed_s: float = 0.0     # the run's training wall-clock seconds since step 0, at the end of this call
+    flops: float = 0.0         # the run's training FLOPs since step 0 (all processes), at the end of this call
 
 
 def seed_everything(seed: int) -> None:
@@ -205,11 +210,12 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
     lr = peak_lr(cfg.optim, global_batch)
     schedule = cosine_with_warmup(lr, cfg.optim.min_lr, cfg.train.steps, cfg.optim.warmup_steps)
     wd_schedule = weight_decay_schedule(cfg.optim, cfg.train.steps)
+    totals = RunTotals()  # elapsed seconds and FLOPs since step 0: the checkpoint's on resume, then the loop's
     if cfg.deepspeed.enabled:
         if optimizer is not None:
             raise ValueError("a custom optimizer is not supported under DeepSpeed")
         engine = _build_deepspeed(cfg, objective, schedule, wd_schedule)
-        store = DeepSpeedCheckpoints(engine, run_dir, resolved)
+        store = DeepSpeedCheckpoints(engine, run_dir, resolved, totals)
     else:
         engine = SingleProcessEngine(
             objective, (optimizer or partial(build_optimizer, cfg=cfg.optim))(objective), schedule,
@@ -221,7 +227,7 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
              "device %s", cfg.modality, cfg.objective, n_params / 1e6, lr, global_batch, engine.world_size,
              cfg.effective_batch, len(source), engine.device)
 
-    start = 0
+    start = 0  # the step resumed from; totals: what the run has spent up to it (advanced by the loop)
     if cfg.deepspeed.enabled:
         if cfg.train.resume:
             start = store.resume(partial(check_resumable, allowed=resumable))
@@ -234,11 +240,13 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
             engine.load_state_dict(ckpt["engine"])
             set_rng_state(ckpt["rng"])
             start = int(ckpt["step"])
+            totals.update(RunTotals.from_dict(ckpt.get("totals")))
         saved = {"step": start}
 
         def save(step: int) -> str:
             try:
-                save_checkpoint(ckpt_path, model=objective, engine=engine, step=step, config=resolved)
+                save_checkpoint(ckpt_path, model=objective, engine=engine, step=step, config=resolved,
+                                totals=totals.as_dict())
             except OSError as e:
                 kept = (f"the checkpoint of step {saved['step']} is kept" if ckpt_path.is_file()
                         else "no earlier checkpoint exists")
@@ -253,9 +261,14 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
         write_config(cfg, run_dir)
 
     end = cfg.train.steps if cfg.train.stop_after is None else min(cfg.train.steps, start + cfg.train.stop_after)
+    budget = cfg.train.max_seconds
     if start >= end:
         log.info("run %s is already complete (%d/%d steps)", run_dir, start, cfg.train.steps)
-        return PretrainResult(run_dir=run_dir, losses=[], start_step=start)
+        return _result(run_dir, [], start, "complete", totals)
+    if budget is not None and totals.elapsed_s >= budget:  # the same checkpoint on every process: all agree
+        log.info("run %s is already at its wall-clock budget (%.1f s >= train.max_seconds=%g) at step %d of %d",
+                 run_dir, totals.elapsed_s, budget, start, cfg.train.steps)
+        return _result(run_dir, [], start, "max_seconds", totals)
 
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                          start=start * cfg.train.accumulate, num_workers=cfg.train.num_workers,
@@ -274,7 +287,8 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
                 accumulate=cfg.train.accumulate, samples_per_step=global_batch,
                 log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every, save=save,
                 metrics=metrics, progress=progress, stop_requested=stop_requested, desc=desc,
-                last_checkpoint=f"{ckpt_path} (step {start})" if start else None,
+                last_checkpoint=f"{ckpt_path} (step {start})" if start else None, totals=totals,
+                max_seconds=budget,  # the lr schedule still spans train.steps
             )
     except RuntimeError as e:
         lost = dist_utils.peer_failure(e, "during training") if engine.world_size > 1 else None
@@ -283,7 +297,15 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
         raise
     finally:
         metrics.close()
+    if start + len(losses) < end:  # the loop ended early: the wall-clock budget was spent
+        return _result(run_dir, losses, start, "max_seconds", totals)
     if end < cfg.train.steps:
         log.info("stopped after step %d of %d (train.stop_after); run the same command to continue", end,
                  cfg.train.steps)
-    return PretrainResult(run_dir=run_dir, losses=losses, start_step=start)
+        return _result(run_dir, losses, start, "stop_after", totals)
+    return _result(run_dir, losses, start, "steps", totals)
+
+
+def _result(run_dir: Path, losses: list[float], start: int, stopped_by: str, totals: RunTotals) -> PretrainResult:
+    return PretrainResult(run_dir=run_dir, losses=losses, start_step=start, stopped_by=stopped_by,
+                          elapsed_s=totals.elapsed_s, flops=totals.flops)

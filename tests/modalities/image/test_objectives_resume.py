@@ -39,5 +39,5 @@ def test_resume_continues_the_same_trajectory(recipe, tmp_path, monkeypatch):
     resumed = pretrain(_cfg(recipe, tmp_path / "b"), progress=False)
     assert resumed.start_step == 2
     a, b = read_metrics(straight.run_dir), read_metrics(resumed.run_dir)
-    keys = [k for k in a[0] if k not in ("samples_per_s",)]
+    keys = [k for k in a[0] if k not in ("samples_per_s", "elapsed_s")]  # timings differ
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
