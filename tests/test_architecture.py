@@ -125,8 +125,9 @@ def test_every_registered_objective_has_a_recipe_and_tiny_settings_per_modality(
     from unimim.app.experiment import load_recipe
 
     for path in sorted(ROOT.joinpath("recipes").rglob("*.yaml")):
-        if any(part.startswith("_") for part in path.relative_to(ROOT).parts) or path.name.startswith("finetune_"):
-            continue  # a base of other recipes (image/_base/), not a recipe
+        if any(part.startswith("_") for part in path.relative_to(ROOT).parts) or path.name.startswith("finetune_") \
+                or path.parent.name == "bench":
+            continue  # a base of other recipes (image/_base/), a fine-tune recipe or a suite, not a recipe
         cfg = load_recipe(path)
         recipes.setdefault((cfg.modality, cfg.objective), path)
     for name, spec in OBJECTIVES.items():

@@ -10,7 +10,8 @@ from unimim.config import ConfigError, to_dict
 _ROOT = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(p for p in _ROOT.rglob("*.yaml")
                  if not any(part.startswith("_") for part in p.relative_to(_ROOT).parts)
-                 and not p.name.startswith("finetune_"))  # fine-tune recipes: tests/app/test_finetune_recipes.py
+                 and not p.name.startswith("finetune_")  # fine-tune recipes: tests/app/test_finetune_recipes.py
+                 and p.relative_to(_ROOT).parts[0] != "bench")  # suites: tests/app/test_bench.py
 IMAGE_RECIPE = Path(__file__).resolve().parents[1] / "recipes/image/data2vec_fmnist_cpu.yaml"
 
 

@@ -62,6 +62,9 @@ def test_listing_matches_the_loaded_configs():
         if name.split("/")[1].startswith("finetune_"):  # applied over a run: shown as a fine-tune of its modality
             assert (info.modality, info.objective) == (name.split("/")[0], "finetune"), name
             continue
+        if name.startswith("bench/"):  # a benchmark suite (unimim bench)
+            assert (info.modality, info.objective) == ("-", "suite"), name
+            continue
         cfg = load_recipe(name)
         assert (info.modality, info.objective) == (cfg.modality, cfg.objective), name
     finetunes = {(i.modality, i.objective) for n, i in infos.items() if "/finetune_" in n}

@@ -16,7 +16,10 @@ import yaml
 
 from tests.conftest import tiny_overrides
 from unimim.app.bench import bench_run, compare_run, load_suite
+from unimim.app.bench_entry import plan_entry, stage_config
 from unimim.app.cli import main
+from unimim.app.experiment import load_recipe
+from unimim.app.recipes import recipe_names, resolve_recipe
 from unimim.eval.compare import paired_bootstrap
 from unimim.train.checkpoint import CHECKPOINT_NAME
 
@@ -58,9 +61,13 @@ def test_every_entry_is_pretrained_under_the_budget_and_evaluated(suite_run):
     rows = {r["name"]: r for r in results["entries"]}
     assert [r["status"] for r in rows.values()] == ["done"] * 3
     d2v2 = rows["d2v2"]
-    assert d2v2["steps"] == 4 and d2v2["stages"]["pretrain"]["recipe_steps"] == 500
+    recipe = load_recipe("image/data2vec2_fmnist_cpu", tiny_overrides("image", "data2vec2", tmp))
+    assert d2v2["steps"] == 4 and d2v2["stages"]["pretrain"]["recipe_steps"] == recipe.train.steps
     cfg = yaml.safe_load((tmp / "out/tiny/d2v2/pretrain/config.yaml").read_text())
-    assert cfg["train"]["steps"] == 4 and cfg["optim"]["warmup_steps"] == 1  # the schedule stretched: 500 -> 4
+    factor = 4 / recipe.train.steps  # the schedule stretched to the budget
+    assert cfg["train"]["steps"] == 4
+    assert cfg["optim"]["warmup_steps"] == max(1, round(recipe.optim.warmup_steps * factor))
+    assert cfg["method"]["ema"]["anneal_steps"] == max(1, round(recipe.method.ema.anneal_steps * factor))
     # the budget shared by two stages: 2 steps each
     assert rows["beit"]["stages"]["dvae"]["steps"] == 2 and rows["beit"]["steps"] == 2
     assert rows["beit"]["train_seconds"] == pytest.approx(
@@ -193,3 +200,18 @@ def test_a_launched_stage_runs_in_another_process(tmp_path):
              "entries": [_entry("mae", "mae_fmnist_cpu", "mae", tmp_path)]}
     results = bench_run(load_suite(_write(tmp_path / "suite.yaml", suite)), progress=False)
     assert results["entries"][0]["status"] == "done" and results["entries"][0]["stages"]["pretrain"]["step"] == 2
+
+
+@pytest.mark.parametrize("name", [n for n in recipe_names() if n.startswith("bench/")])
+def test_every_shipped_suite_resolves(name, tmp_path):
+    """Each shipped suite loads strictly, its stages' recipes resolve with their overrides, its fine-tune recipes
+    exist, and its entries are fingerprinted (nothing runs)."""
+    suite = load_suite(name)
+    for entry in suite.entries:
+        plan = plan_entry(suite, entry, tmp_path)
+        assert len(plan.fingerprint) == 16
+        cfg = stage_config(plan, plan.last)
+        assert cfg.run_dir == tmp_path / entry.name / plan.last.name
+    for recipe in suite.evaluate.finetune_recipes.values():
+        assert resolve_recipe(recipe).is_file()
+    assert load_suite("bench/image_methods_cpu").entry("beit").shares() == [0.4, 0.6]

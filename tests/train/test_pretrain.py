@@ -20,7 +20,8 @@ from unimim.train.metrics import read_metrics
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in ROOT.joinpath("recipes").rglob("*.yaml")  # the bases of recipes (image/_base/) are
                  if not any(part.startswith("_") for part in p.relative_to(ROOT).parts)  # run through them
-                 and not p.name.startswith("finetune_"))  # fine-tune recipes: tests/app/test_finetune_recipes.py
+                 and not p.name.startswith("finetune_")  # fine-tune recipes: tests/app/test_finetune_recipes.py
+                 and p.parent.name != "bench")  # suites: tests/app/test_bench.py
 
 
 def tiny(recipe: Path, tmp_path: Path, *extra: str):

@@ -150,9 +150,11 @@ def _checkpoint_progress(run_dir: Path) -> dict[str, float]:
     from unimim.train.progress import run_progress
 
     try:
-        return run_progress(run_dir)
+        at = run_progress(run_dir)
     except FileNotFoundError:
         return {"step": 0, "elapsed_s": 0.0, "flops": 0.0}
+    # a checkpoint of a release that did not record its totals: nothing known spent
+    return {"step": int(at["step"]), "elapsed_s": at["elapsed_s"] or 0.0, "flops": at["flops"] or 0.0}
 
 
 class StageRunner:
