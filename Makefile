@@ -36,7 +36,7 @@ help:
 	@echo "make demo   - set up; the cross-modal suite: data2vec on images, text and speech under one CPU budget"
 	@echo "              (~30 min), each probed vs random weights and the raw input, fine-tuned vs from scratch"
 	@echo "make demo-image - data2vec 2.0 on Fashion-MNIST at its recipe's budget, probed and fine-tuned (~11 min)"
-	@echo "make bench-image - every image method on Fashion-MNIST under one CPU budget (~80 min)"
+	@echo "make bench-image - every image method on Fashion-MNIST under one CPU budget (~95 min)"
 	@echo "make demo-text - text only: Webster 1913 + Python docs, 8K BPE, data2vec 2.0 (~10 min), WordNet probe"
 	@echo "make demo-speech - data2vec on recorded speech (tuxpaint stamps, CPU ~9 min), keyword probe vs random"
 	@echo "make demo-beit - BEiT on Fashion-MNIST: train the dVAE tokenizer, then BEiT, then probe (CPU, ~12 min)"
@@ -80,7 +80,7 @@ demo-image: install data
 	$(VENV)/bin/unimim probe $(RUNS)/$(DEMO_NAME)
 	$(VENV)/bin/unimim finetune $(RUNS)/$(DEMO_NAME) $(DEMO_FINETUNE)
 
-# Every image method under one CPU budget (~80 min): the table of docs/results.md.
+# Every image method under one CPU budget (~95 min): the table of docs/results.md.
 bench-image: install data
 	$(VENV)/bin/unimim bench bench/image_methods_cpu out_dir=$(RUNS)/bench
 
