@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from tests.conftest import tiny_overrides
+from tests.train.test_loop_logs import Rows  # the metrics sink that keeps its rows
 from unimim.app.experiment import load_recipe
 from unimim.app.pretrain import pretrain
 from unimim.core.batch import Batch
@@ -45,17 +46,6 @@ class TwoLinear(nn.Module):
 
 # forward 2*B*in*out per layer; backward 2*B*in*out per gradient (weight; input where one is needed)
 TWO_LINEAR_STEP = (2 * B * IN * HID) * 2 + (2 * B * HID * OUT) * 3
-
-
-class Rows:
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, dict]] = []
-
-    def write(self, step: int, values: dict) -> None:
-        self.rows.append((step, values))
-
-    def close(self) -> None:
-        pass
 
 
 def test_a_linear_layer_step_counts_forward_and_twice_that_backward():
