@@ -157,6 +157,14 @@ def test_an_interrupted_entry_continues_from_its_checkpoint(tmp_path):
     assert row["status"] == "done" and row["steps"] == resolved["steps"]
     steps = [m["step"] for m in row["loss"]]
     assert steps == sorted(set(steps))  # each step logged once across the two invocations
+    # the entry run again once its stage is complete (as after a failed fine-tune): the probe points of the earlier
+    # invocations are read back at their own steps, not all taken at the final checkpoint
+    from unimim.app.bench_entry import probe_targets
+
+    (plan.dir / "result.json").unlink()
+    again = bench_run(s, progress=False)["entries"][0]
+    assert [p["step"] for p in row["curve"]] == probe_targets(resolved["steps"], 2)
+    assert again["curve"] == row["curve"]
 
 
 def test_a_failed_entry_is_recorded_and_the_others_run(tmp_path, capsys):

@@ -83,6 +83,40 @@ def test_layer_decay_without_blocks_is_refused_and_one_rate_works():
     assert {g["lr_scale"] for g in opt.param_groups} == {1.0}
 
 
+def test_layer_decay_of_a_swin_counts_the_blocks_across_its_stages():
+    """SimMIM's Swin (timm names): patch embedding and mask token 0, block j of stage s sum(depths[:s]) + j + 1, the
+    patch merging opening stage 1 with the last block of stage 0, final norm and head L + 1; by hand for depths
+    (1, 2) and decay 0.5: scales 0.5^(4 - layer)."""
+    from modalities.image.model.swin import SwinBackbone, SwinConfig
+
+    swin = SwinBackbone(SwinConfig(embed_dim=8, depths=(1, 2), num_heads=(1, 2), window_size=2), image_size=8,
+                        patch_size=2, in_chans=1)
+    model = nn.ModuleDict({"backbone": nn.ModuleDict({"swin": swin}), "head": nn.Linear(16, 3)})
+
+    def expected_layer(name: str) -> int:
+        stem = name.removeprefix("backbone.swin.").removeprefix("model.")
+        if stem.startswith("patch_embed.") or stem == "mask_token":
+            return 0
+        if stem.startswith(("layers.0.blocks.0.", "layers.1.downsample.")):
+            return 1
+        if stem.startswith("layers.1.blocks.0."):
+            return 2
+        if stem.startswith("layers.1.blocks.1."):
+            return 3
+        assert stem.startswith(("norm.", "head.")), name
+        return 4
+
+    opt = build_layer_decay_optimizer(model, OptimConfig(), depth=0, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = 0
+    for g in opt.param_groups:
+        for p in g["params"]:
+            seen += 1
+            assert g["lr_scale"] == pytest.approx(0.5 ** (4 - expected_layer(names[id(p)]))), names[id(p)]
+    assert seen == sum(1 for _ in model.parameters())
+    assert any(".layers.1.downsample." in n for n in names.values())  # the merge layer is there to be placed
+
+
 @pytest.mark.parametrize("pool", ["avg", "token"])
 def test_classification_logits_equal_timm_vit(pool):
     """Same weights, same pooling, fc_norm and head: the logits of timm's ViT (avg: mean of patch tokens + fc_norm,

@@ -157,6 +157,17 @@ def _checkpoint_progress(run_dir: Path) -> dict[str, float]:
     return {"step": int(at["step"]), "elapsed_s": at["elapsed_s"] or 0.0, "flops": at["flops"] or 0.0}
 
 
+def _logged_progress(run_dir: Path, step: int) -> dict[str, float] | None:
+    """Step, elapsed seconds and FLOPs of ``step`` from the run's metrics.jsonl (a slice logs its last step), for a
+    probe point that an earlier invocation reached and the checkpoint has since passed; None when not logged."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    line = next((m for m in read_metrics(run_dir) if m.get("step") == step and "elapsed_s" in m), None)
+    if line is None:
+        return None
+    return {"step": step, "elapsed_s": float(line["elapsed_s"]), "flops": float(line.get("flops") or 0.0)}
+
+
 class StageRunner:
     """Runs pretraining slices of a stage: in this process, or under the suite's launcher (DeepSpeed, many
     processes) as ``LAUNCHER unimim pretrain RECIPE overrides...``."""
@@ -276,11 +287,19 @@ def run_entry(plan: EntryPlan, *, progress: bool = True) -> dict[str, Any]:
             if at["step"] == 0:
                 raise RuntimeError(f"{entry.name}/{stage.name}: no checkpoint after pretraining")
             if is_last and suite.evaluate.probe:
+                point = at
+                if at["step"] > target:  # an earlier invocation stopped here, probed, and trained on
+                    point = _logged_progress(run_dir, target)
+                    done = read_json(plan.dir / EVAL_DIR / f"probe_step{target}.json")
+                    if point is None or done is None or done.get("step") != target:  # never the wrong checkpoint
+                        log.warning("%s/%s: no probe of step %d was kept and the checkpoint is at step %d: that "
+                                    "point of the curve is left out", entry.name, stage.name, target, at["step"])
+                        continue
                 final = target == targets[-1] or at["step"] < target
-                probe = _probe(plan, run_dir, int(at["step"]), progress, final)
-                probes.append({"step": int(at["step"]), "elapsed_s": offset["elapsed_s"] + at["elapsed_s"],
-                               "flops": offset["flops"] + at["flops"], "file": str(plan.dir / EVAL_DIR /
-                                                                                  f"probe_step{int(at['step'])}.json"),
+                probe = _probe(plan, run_dir, int(point["step"]), progress, final)
+                probes.append({"step": int(point["step"]), "elapsed_s": offset["elapsed_s"] + point["elapsed_s"],
+                               "flops": offset["flops"] + point["flops"],
+                               "file": str(plan.dir / EVAL_DIR / f"probe_step{int(point['step'])}.json"),
                                "result": probe})
             if at["step"] < target:  # stopped by its wall-clock cap: the stage ends here
                 log.warning("%s/%s: stopped by its wall-clock cap at step %d of %d", entry.name, stage.name,

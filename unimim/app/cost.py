@@ -22,6 +22,7 @@ import torch
 
 from unimim.app.registry import MODALITIES, build_objective
 from unimim.train.checkpoint import rng_state, set_rng_state
+from unimim.train.compile import compile_blocks
 from unimim.train.data import make_loader
 from unimim.train.engine import SingleProcessEngine, resolve_device
 from unimim.train.flops import StepFlops
@@ -79,6 +80,8 @@ def _measure(cfg: Any, tmp: Path, steps: int, warmup: int) -> StepCost:
         clip_mode=cfg.optim.clip_mode, wd_schedule=weight_decay_schedule(cfg.optim, max(cfg.train.steps, total)),
         precision=cfg.train.precision,
     )
+    if cfg.train.compile:  # as the run will be (the warm-up steps take the compilation)
+        compile_blocks(objective, engine.device)
     loader = make_loader(source, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                          num_workers=cfg.train.num_workers, collate_fn=source.collate)
     batches = iter(loader)

@@ -52,6 +52,8 @@ class TrainConfig:
     resume: bool = True               # continue from out_dir/name/model.safetensors when it exists; false: start over,
                                       # the earlier run's files moved to out_dir/name/replaced-<time>/
     threads: int | None = None        # torch intra-op threads (None = torch default)
+    compile: bool = False             # torch.compile each transformer block (student and teacher; inductor, in
+                                      # place: unimim.train.compile); the first step of each input shape compiles
     stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job
                                       # slice; the schedule still spans `steps`; the next invocation resumes)
     max_seconds: float | None = None  # a wall-clock budget: the run ends (with a checkpoint) after the first step

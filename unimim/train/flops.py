@@ -11,8 +11,10 @@ one model may differ slightly between two devices that pick different attention 
 A micro-batch's cost is known by its *shape signature*: the shapes of the :class:`~unimim.core.batch.Batch`'s tensor
 fields (inputs, mask, padding_mask, student_inputs, views, labels). The first micro-batch of a new signature runs
 (forward and backward) under the counter and its count is kept; later ones of that signature take the kept count
-without counting again. A mask whose number of masked tokens varies from batch to batch without changing any shape
-(block masking, with MAE's visible-only encoder) is therefore taken at the cost of the first batch counted. At most
+without counting again. The counted micro-batch runs eagerly even under ``train.compile`` (compiled code is not
+seen by the counter), so a compiled run counts what an eager one counts. A mask whose number of masked tokens
+varies from batch to batch without changing any shape (block masking, with MAE's visible-only encoder) is
+therefore taken at the cost of the first batch counted. At most
 ``max_signatures`` signatures are counted (variable-length speech and text batches); past that, a new signature is
 estimated from the counted one with the closest total input size, scaled linearly by the input's number of elements,
 and the run's FLOPs are marked as estimated.
@@ -125,7 +127,8 @@ class StepFlops:
             yield
             self.total += known[1]
         elif len(self.costs) < self.max_signatures:
-            with counter() as c:
+            # compiled regions (train.compile) run eagerly for the counted batch: the counter sees every op
+            with torch.compiler.set_stance("force_eager"), counter() as c:
                 yield
             flops = c.get_total_flops()
             self.costs[sig] = (input_numel(batch), flops)

@@ -27,6 +27,7 @@ from unimim.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from unimim.train.compile import compile_blocks
 from unimim.train.data import ExampleSource, make_loader
 from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 # Not part of a run's identity either: train.out_dir (a moved or copied run directory resumes).
 RUNTIME_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
                    "train.resume", "train.threads", "train.device", "train.stop_after", "train.max_seconds",
-                   "train.loggers", "train.wandb_project")
+                   "train.loggers", "train.wandb_project", "train.compile")
 # evaluation settings (probes, fine-tuning and its labelled task) never block resuming pretraining
 RESUMABLE_CHANGES = (*RUNTIME_CHANGES, "deepspeed.timeout_s", "probe.", "task.", "finetune.")
 
@@ -223,6 +224,8 @@ def run_pretraining(cfg: Any, objective: torch.nn.Module, source: ExampleSource,
             accumulate=cfg.train.accumulate, clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode,
             wd_schedule=wd_schedule, precision=cfg.train.precision,
         )
+    if cfg.train.compile:
+        compile_blocks(objective, engine.device)
     log.info("%s/%s: %.2fM trainable parameters, peak lr %.3g (global batch %d = %d processes x %d), %d examples, "
              "device %s", cfg.modality, cfg.objective, n_params / 1e6, lr, global_batch, engine.world_size,
              cfg.effective_batch, len(source), engine.device)

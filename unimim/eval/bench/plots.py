@@ -84,7 +84,7 @@ def _colors(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # legends placed beside a panel included
     logger.info("wrote %s", path)
     return path
 
@@ -122,7 +122,8 @@ def _probe_plot(results: dict, items: list[dict[str, Any]], colors: dict, x_key:
         ax.set_ylabel("linear-probe accuracy (%)")
         ax.set_title(task)
         ax.grid(True, which="both" if log_x else "major", alpha=0.3)
-        ax.legend(fontsize="small")
+        # beside the panel, not over the curves (a suite of many entries has a long legend)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(f"{results.get('suite') or 'benchmark'}: linear probe vs "
                  f"{'training FLOPs' if log_x else 'wall-clock training time'}")
     return _save(fig, path)
@@ -142,6 +143,9 @@ def _finetune_plot(results: dict, items: list[dict[str, Any]], colors: dict, pat
         logger.info("no fine-tune result in any entry: %s not written", path.name)
         return None
     fig, axes = _figure(len(groups))
+    rows, cols = _grid(len(groups))
+    most = max(len(g) for g in groups.values())
+    fig.set_size_inches(max(PANEL[0], 0.8 * most) * cols, PANEL[1] * rows)  # room for each entry's label
     width = 0.38
     for ax, (task, group) in zip(axes, groups.items()):
         metric = str(field(group[0], "finetune", "metric") or "metric")
@@ -159,7 +163,8 @@ def _finetune_plot(results: dict, items: list[dict[str, Any]], colors: dict, pat
                 lo, hi = 100 * (scratch + low), 100 * (scratch + high)
                 ax.errorbar(i - width / 2, 100 * pre, yerr=[[max(100 * pre - lo, 0)], [max(hi - 100 * pre, 0)]],
                             fmt="none", ecolor="black", capsize=4, linewidth=1.2)
-                ax.annotate(fmt_interval(field(e, "finetune", "gain")), (i, max(hi, 100 * pre, 100 * scratch)),
+                label = fmt_interval(field(e, "finetune", "gain")).replace(" [", "\n[", 1)  # gain over interval
+                ax.annotate(label, (i, max(hi, 100 * pre, 100 * scratch)),
                             xytext=(0, 4), textcoords="offset points", ha="center", fontsize="x-small")
         ax.set_xticks(range(len(group)), [str(e.get("name")) for e in group], rotation=20, ha="right")
         ax.set_xlim(-0.8, len(group) - 0.2)
