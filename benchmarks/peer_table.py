@@ -79,8 +79,7 @@ def cpu_model() -> str:
 
 
 # -- the steps ---------------------------------------------------------------------------------------------------
-def ours(row: str, device: torch.device, precision: str, batch_size: int,
-         compile: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tuple[Any, Any, dict[str, Any]]:
     """(step(), flop_pass(), info) of a unimim objective built from its recipe (nothing by hand)."""
     from modalities.image.masking import build_mask_generator
     from unimim.app.experiment import load_recipe
@@ -90,7 +89,7 @@ def ours(row: str, device: torch.device, precision: str, batch_size: int,
     from unimim.train.engine import SingleProcessEngine
     from unimim.train.optim import build_optimizer
 
-    compile = compile or row.endswith("_compile")
+    compile = row.endswith("_compile")  # the row of train.compile: the same step, its blocks compiled
     row = row.removesuffix("_compile")
     recipe, extra = {"mae": ("mae_vitb16_in1k.yaml", []), "d2v1": ("data2vec_vitb16_in1k.yaml", []),
                      "d2v1_ckpt": ("data2vec_vitb16_in1k.yaml", ["encoder.grad_checkpointing=true"]),

@@ -238,14 +238,24 @@ def probe_targets(steps: int, points: int) -> list[int]:
     return sorted({max(1, round(steps * k / points)) for k in range(1, points + 1)})
 
 
+def _probe_path(plan: EntryPlan, step: int) -> Path:
+    return plan.dir / EVAL_DIR / f"probe_step{step}.json"
+
+
+def _stored_probe(plan: EntryPlan, step: int) -> dict[str, Any] | None:
+    """The probe written for ``step`` by an earlier invocation, or None."""
+    done = read_json(_probe_path(plan, step))
+    return done if done is not None and done.get("step") == step else None
+
+
 def _probe(plan: EntryPlan, run_dir: Path, step: int, progress: bool, final: bool) -> dict[str, Any]:
     """The probe of the stage's checkpoint at ``step`` (read back when written already); the random twin only at
     the ``final`` point (it is the same at every point)."""
     from unimim.app.probe import probe_run
 
-    path = plan.dir / EVAL_DIR / f"probe_step{step}.json"
-    done = read_json(path)
-    if done is not None and done.get("step") == step:
+    path = _probe_path(plan, step)
+    done = _stored_probe(plan, step)
+    if done is not None:
         return done
     result = probe_run(run_dir, list(plan.entry.probe_overrides), progress=progress, out=path, random_twin=final)
     result.pop("table", None)
@@ -287,20 +297,19 @@ def run_entry(plan: EntryPlan, *, progress: bool = True) -> dict[str, Any]:
             if at["step"] == 0:
                 raise RuntimeError(f"{entry.name}/{stage.name}: no checkpoint after pretraining")
             if is_last and suite.evaluate.probe:
-                point = at
                 if at["step"] > target:  # an earlier invocation stopped here, probed, and trained on
-                    point = _logged_progress(run_dir, target)
-                    done = read_json(plan.dir / EVAL_DIR / f"probe_step{target}.json")
-                    if point is None or done is None or done.get("step") != target:  # never the wrong checkpoint
+                    point, probe = _logged_progress(run_dir, target), _stored_probe(plan, target)
+                    if point is None or probe is None:  # never the probe of the wrong checkpoint
                         log.warning("%s/%s: no probe of step %d was kept and the checkpoint is at step %d: that "
                                     "point of the curve is left out", entry.name, stage.name, target, at["step"])
                         continue
-                final = target == targets[-1] or at["step"] < target
-                probe = _probe(plan, run_dir, int(point["step"]), progress, final)
+                else:
+                    point = at
+                    probe = _probe(plan, run_dir, int(at["step"]), progress, target == targets[-1] or
+                                   at["step"] < target)
                 probes.append({"step": int(point["step"]), "elapsed_s": offset["elapsed_s"] + point["elapsed_s"],
                                "flops": offset["flops"] + point["flops"],
-                               "file": str(plan.dir / EVAL_DIR / f"probe_step{int(point['step'])}.json"),
-                               "result": probe})
+                               "file": str(_probe_path(plan, int(point["step"]))), "result": probe})
             if at["step"] < target:  # stopped by its wall-clock cap: the stage ends here
                 log.warning("%s/%s: stopped by its wall-clock cap at step %d of %d", entry.name, stage.name,
                             at["step"], steps)

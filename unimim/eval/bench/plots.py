@@ -63,12 +63,12 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _figure(n: int, max_cols: int = 3):
+def _figure(n: int, max_cols: int = 3, panel_width: float = PANEL[0]):
     """A Figure with n axes on a grid (extra cells hidden), not attached to pyplot's global state."""
     from matplotlib.figure import Figure
 
     rows, cols = _grid(n, max_cols)
-    fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(panel_width * cols, PANEL[1] * rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -142,10 +142,8 @@ def _finetune_plot(results: dict, items: list[dict[str, Any]], colors: dict, pat
     if not groups:
         logger.info("no fine-tune result in any entry: %s not written", path.name)
         return None
-    fig, axes = _figure(len(groups))
-    rows, cols = _grid(len(groups))
     most = max(len(g) for g in groups.values())
-    fig.set_size_inches(max(PANEL[0], 0.8 * most) * cols, PANEL[1] * rows)  # room for each entry's label
+    fig, axes = _figure(len(groups), panel_width=max(PANEL[0], 0.8 * most))  # room for each entry's label
     width = 0.38
     for ax, (task, group) in zip(axes, groups.items()):
         metric = str(field(group[0], "finetune", "metric") or "metric")

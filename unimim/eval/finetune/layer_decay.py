@@ -116,13 +116,14 @@ def build_layer_decay_optimizer(model: nn.Module, cfg: OptimConfig, *, depth: in
     without a plain stack of blocks; its stages (Swin) are read from the parameter names, and one with neither
     (e.g. convolutions only) is refused unless ``layer_decay`` is 1."""
     named = list(model.named_parameters())
-    stages = stage_depths(n for n, _ in named) if depth == 0 and layer_decay != 1.0 else None
-    if stages is not None:
+    stages = None
+    if layer_decay != 1.0 and depth == 0:
+        stages = stage_depths(n for n, _ in named)
+        if stages is None:
+            raise ValueError("layer-wise lr decay needs the transformer blocks of the backbone, and this one has "
+                             "none (e.g. convolutions only): set finetune.layer_decay=1.0")
         depth = sum(stages)
-    elif depth == 0 and layer_decay != 1.0:
-        raise ValueError("layer-wise lr decay needs the transformer blocks of the backbone, and this one has none "
-                         "(e.g. convolutions only): set finetune.layer_decay=1.0")
-    if stages is None and depth and layer_decay != 1.0:
+    elif layer_decay != 1.0:
         found = {int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))}
         if found != set(range(depth)):
             raise ValueError(f"layer-wise lr decay: the parameter names show blocks {sorted(found)}, expected "
