@@ -5,11 +5,15 @@ Sections (ViT-S/16 at 224 px, batch 8, bf16 autocast, unless said):
 * ``attention``: one ``Attention`` forward + backward with the shared relative-position bias, in training with the
   recipe's attention dropout 0.05 and without dropout: PyTorch's SDPA (with dropout on the CPU: its math kernel,
   which casts q, k, v to fp32; without: the fused flash kernel) against :func:`unimim.nn.attention.explicit_attention`
-  (bf16 matmuls, fp32 softmax); and the image demo shape (256, 50, 192, 3 heads).
+  (bf16 matmuls and softmax); and the image demo shape (256, 50, 192, 3 heads).
 * ``attention_nograd``: the same without gradients (the EMA teacher's forward, evaluation), at four shapes.
 * ``dropout``: drawing the attention-dropout mask on an (8, 6, 197, 197) probability map: ``F.dropout`` (torch's
   ``bernoulli_``) on fp32 probabilities, ``rand >= p`` in fp32, and ``F.dropout`` on the probabilities cast to bf16
   first (the same Bernoulli draw; the multiply in bf16).
+  And the current draw, :func:`unimim.nn.attention.dropout_keep` (16 random bits per entry, 4 per 64-bit draw)
+  on the bf16 probabilities.
+* ``step``: the data2vec 1.0 ViT-S/16 step of ``peer_table.py`` with the attention dropout of the explicit path
+  drawn by ``dropout_keep`` and by the fp32 uniform before it (both in this file), interleaved.
 * ``adamw``: one AdamW step over the parameters of the data2vec 1.0 ViT-S/16 model: torch's plain per-parameter
   loop, ``foreach=True``, ``fused=True``.
 * ``teacher``: the teacher's forward under autocast (fp32 weights cast at every use) against a forward of a bf16
@@ -115,12 +119,52 @@ def _sdpa(q, k, v, mask, dropout_p, *, masked_rows=False):
 def dropout_rows(reps: int) -> dict[str, float]:
     torch.manual_seed(0)
     probs = torch.rand(8, 6, 197, 197).softmax(-1)
+    probs16 = probs.to(torch.bfloat16)
     p = 0.05
+
+    def keep16() -> torch.Tensor:
+        keep, scale = attention.dropout_keep(probs16.shape, p, probs16.device, probs16.dtype)
+        return probs16 * keep  # the scale goes on the (B, H, T, hd) output, not on this map
+
     fns = {"F.dropout fp32": lambda: F.dropout(probs, p),
            "rand >= p fp32": lambda: probs * (torch.rand_like(probs) >= p) / (1 - p),
-           "F.dropout on bf16": lambda: F.dropout(probs.to(torch.bfloat16), p),
-           "rand.ge_(p).div_(1 - p) fp32": lambda: probs * torch.rand_like(probs).ge_(p).div_(1 - p)}
+           "F.dropout on bf16": lambda: F.dropout(probs16, p),
+           "rand.ge_(p).div_(1 - p) fp32": lambda: probs * torch.rand_like(probs).ge_(p).div_(1 - p),
+           "16-bit keep (dropout_keep) on bf16": keep16}
     return {f"dropout (8, 6, 197, 197) {k} ms": 1e3 * v for k, v in timed(fns, reps).items()}
+
+
+def _explicit_rand_dropout(q, k, v, mask, dropout_p, *, masked_rows=False):
+    """The explicit attention before ``dropout_keep``: an fp32 uniform per probability, the (B, H, T, T) map
+    multiplied in fp32 and cast back (kept here as the baseline of the ``step`` section)."""
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        logits = logits + mask
+    probs = logits.softmax(dim=-1)
+    if masked_rows:
+        probs = probs.nan_to_num(0.0)
+    if dropout_p > 0:
+        probs = probs * torch.rand_like(probs, dtype=torch.float32).ge_(dropout_p).div_(1.0 - dropout_p)
+    return probs.to(v.dtype) @ v
+
+
+def step_rows(reps: int) -> dict[str, float]:
+    """The data2vec 1.0 ViT-S/16 training step of the peer table (attention dropout 0.05 in every block) with the
+    attention dropout drawn by ``dropout_keep`` and by the fp32 uniform before it, interleaved in one process."""
+    from peer_table import ours
+
+    step, _, _ = ours("d2v1", torch.device("cpu"), "bf16", 8)
+    current = attention.explicit_attention
+
+    def run(fn) -> None:
+        attention.explicit_attention = fn
+        try:
+            step()
+        finally:
+            attention.explicit_attention = current
+
+    res = timed({"fp32 uniform": lambda: run(_explicit_rand_dropout), "dropout_keep": lambda: run(current)}, reps)
+    return {f"d2v1 step, attention dropout {k} ms": 1e3 * v for k, v in res.items()}
 
 
 def _d2v1_model():
@@ -176,7 +220,7 @@ def teacher_rows(reps: int) -> dict[str, float]:
 
 
 SECTIONS = {"attention": attention_rows, "attention_nograd": attention_nograd_rows, "dropout": dropout_rows,
-            "adamw": adamw_rows, "teacher": teacher_rows}
+            "adamw": adamw_rows, "teacher": teacher_rows, "step": step_rows}
 
 
 def main() -> None:

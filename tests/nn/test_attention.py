@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import unimim.nn.attention as attention
-from unimim.nn.attention import Attention, explicit_attention
+from unimim.nn.attention import Attention, dropout_keep, explicit_attention
 
 
 def _run(math_max_tokens: int, x: torch.Tensor, pad: torch.Tensor, bias: torch.Tensor):
@@ -75,3 +75,33 @@ def test_explicit_attention_dropout_is_a_bernoulli_keep_of_each_probability():
     n = kept.numel()
     assert abs((~kept).float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5  # within 4 sigma
     assert not torch.equal(kept[0, 0], kept[0, 1])  # a draw per (example, head, row, key), not per pattern
+
+
+def test_dropout_keep_rounds_p_to_16_bits_and_keeps_entries_independently():
+    """p = 0.05 -> p' = 3277 / 65536 (hand-computed), scale 65536 / 62259; drop frequency within 4 sigma of p';
+    the four entries drawn from one 64-bit word are independent (at p = 1/2 each pair drops together 1/4 of the
+    time); the draw follows torch's seed; p = 0 keeps everything, p = 1 drops everything."""
+    torch.manual_seed(0)
+    keep, scale = dropout_keep(torch.Size((64, 6, 197, 197)), 0.05, torch.device("cpu"), torch.bfloat16)
+    assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
+    assert scale == 65536 / 62259
+    n, p_eff = keep.numel(), 3277 / 65536
+    assert abs((keep == 0).double().mean().item() - p_eff) < 4 * (p_eff * (1 - p_eff) / n) ** 0.5
+
+    half, _ = dropout_keep(torch.Size((4, 1 << 18)), 0.5, torch.device("cpu"), torch.float32)
+    words = (half == 0).reshape(-1, 4).double()  # the 4 int16 lanes of each 64-bit draw
+    both = (words[:, :, None] * words[:, None, :]).mean(0)  # (4, 4): P(lane i and lane j dropped)
+    sigma = (0.25 * 0.75 / words.shape[0]) ** 0.5
+    off_diagonal = both[~torch.eye(4, dtype=torch.bool)]
+    assert (off_diagonal - 0.25).abs().max().item() < 5 * sigma
+    assert (words.mean(0) - 0.5).abs().max().item() < 5 * (0.25 / words.shape[0]) ** 0.5
+
+    torch.manual_seed(1)
+    a, _ = dropout_keep(torch.Size((1000,)), 0.3, torch.device("cpu"), torch.float32)
+    torch.manual_seed(1)
+    b, _ = dropout_keep(torch.Size((1000,)), 0.3, torch.device("cpu"), torch.float32)
+    assert torch.equal(a, b)
+    keep0, scale0 = dropout_keep(torch.Size((7,)), 0.0, torch.device("cpu"), torch.float32)
+    assert torch.equal(keep0, torch.ones(7)) and scale0 == 1.0
+    keep1, scale1 = dropout_keep(torch.Size((7,)), 1.0, torch.device("cpu"), torch.float32)
+    assert torch.equal(keep1, torch.zeros(7)) and scale1 == 0.0

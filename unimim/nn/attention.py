@@ -11,29 +11,50 @@ from torch import Tensor, nn
 # then falls back to its "math" kernel, which on the CPU casts bf16 q, k, v to fp32 and so runs q k^T without the
 # bf16 matrix units). So on the CPU, sequences of up to this many tokens when gradients are recorded, and every
 # sequence while attention dropout is active, take the explicit path (:func:`explicit_attention`: bf16 matmuls
-# under autocast, softmax in fp32); a forward without gradients (the EMA teacher, evaluation) takes the fused
+# under autocast); a forward without gradients (the EMA teacher, evaluation) takes the fused
 # kernel; the GPU always gets PyTorch's choice. benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure them.
 CPU_MATH_MAX_TOKENS = 256
+
+
+def dropout_keep(shape: torch.Size, p: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, float]:
+    """The keep mask of dropout with drop probability ``p``: (shape) of 0 / 1 in ``dtype``, each entry 1 with
+    probability ``1 - p'`` independently, and the scale ``1 / (1 - p')`` that makes the kept entries unbiased, where
+    ``p'`` is ``p`` rounded to a multiple of 2^-16 (|p' - p| <= 7.7e-6; torch's ``F.dropout`` rounds to 2^-24).
+
+    Each entry compares 16 random bits with a threshold, four entries per 64-bit draw of the generator. On the CPU,
+    whose generator is sequential (one core draws while the others wait), the draw costs a third of ``torch.rand``'s
+    per entry (benchmarks/levers_cpu.py, section dropout). Seeded by torch's default generator, as ``F.dropout``."""
+    n = shape.numel()
+    t = round(p * 65536)  # drop iff the 16 bits, read as an unsigned number, are < t
+    if t >= 65536:  # p' = 1: everything dropped
+        return torch.zeros(shape, dtype=dtype, device=device), 0.0
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # full 64-bit range
+    keep = bits.view(torch.int16)[:n].view(shape) >= t - 32768  # int16 b < t - 32768  <=>  (b + 32768) < t
+    return keep.to(dtype), 65536 / (65536 - t)  # cast once here, not by each multiply (forward and backward)
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, *,
                        masked_rows: bool = False) -> Tensor:
     """softmax(q k^T / sqrt(hd) + mask) v with dropout on the probabilities, written out (the eager attention of
     timm / BEiT): q, k, v (B, H, T, hd), mask (1 | B, H | 1, T, T) additive -> (B, H, T, hd). Under autocast the
-    two matmuls run in the autocast dtype and the softmax in fp32, as autocast does for any model written this way.
+    two matmuls run in the autocast dtype (and on the CPU the softmax too: CPU autocast keeps softmax in the input's
+    dtype; its kernel accumulates in fp32), as autocast does for any model written this way.
     ``masked_rows``: the mask may hold ``-inf`` (key padding), so that a row whose keys are all masked gives zeros
-    (as SDPA's safe softmax), not NaN."""
+    (as SDPA's safe softmax), not NaN.
+
+    Dropout multiplies the probabilities by a 0 / 1 keep mask (:func:`dropout_keep`; exact in any dtype, so no
+    cast of the (B, H, T, T) map) and the output by 1 / (1 - p): F.dropout's distribution with the scale moved past
+    the linear ``@ v``."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, hd) x (B, H, hd, T) -> (B, H, T, T)
     if mask is not None:
         logits = logits + mask
-    probs = logits.softmax(dim=-1)  # fp32 under autocast
+    probs = logits.softmax(dim=-1).to(v.dtype)  # (B, H, T, T)
     if masked_rows:
         probs = probs.nan_to_num(0.0)  # fully masked rows: 0 / 0 -> 0
-    if dropout_p > 0:  # each probability kept with probability 1 - p (one fp32 uniform draw each) and scaled by
-        # 1 / (1 - p): F.dropout's distribution and arithmetic, drawn without bernoulli_ and built in place in the
-        # draw's buffer (0.57-0.67 of F.dropout's time on the CPU: benchmarks/levers_cpu.py, section dropout)
-        probs = probs * torch.rand_like(probs, dtype=torch.float32).ge_(dropout_p).div_(1.0 - dropout_p)
-    return probs.to(v.dtype) @ v  # (B, H, T, T) x (B, H, T, hd) -> (B, H, T, hd)
+    if dropout_p > 0:
+        keep, scale = dropout_keep(probs.shape, dropout_p, probs.device, probs.dtype)
+        return ((probs * keep) @ v) * scale  # (B, H, T, T) x (B, H, T, hd) -> (B, H, T, hd)
+    return probs @ v  # (B, H, T, T) x (B, H, T, hd) -> (B, H, T, hd)
 
 
 class Attention(nn.Module):
