@@ -12,8 +12,10 @@ Sections (ViT-S/16 at 224 px, batch 8, bf16 autocast, unless said):
   first (the same Bernoulli draw; the multiply in bf16).
   And the current draw, :func:`unimim.nn.attention.dropout_keep` (16 random bits per entry, 4 per 64-bit draw)
   on the bf16 probabilities.
-* ``step``: the data2vec 1.0 ViT-S/16 step of ``peer_table.py`` with the attention dropout of the explicit path
-  drawn by ``dropout_keep`` and by the fp32 uniform before it (both in this file), interleaved.
+* ``step``: the data2vec 1.0 ViT-S/16 step of ``peer_table.py``, interleaved: before the last two levers (the
+  attention dropout of the explicit path from an fp32 uniform; each residual branch's layer scale, drop path and
+  add as three passes; both kept in this file), with ``dropout_keep`` only, and the code (``Block.residual``'s
+  single ``addcmul`` too).
 * ``adamw``: one AdamW step over the parameters of the data2vec 1.0 ViT-S/16 model: torch's plain per-parameter
   loop, ``foreach=True``, ``fused=True``.
 * ``teacher``: the teacher's forward under autocast (fp32 weights cast at every use) against a forward of a bf16
@@ -148,23 +150,33 @@ def _explicit_rand_dropout(q, k, v, mask, dropout_p, *, masked_rows=False):
     return probs.to(v.dtype) @ v
 
 
+def _residual_op_by_op(self, x, branch, ls):
+    """``Block.residual`` before its fusion: layer scale, drop path and the add as three element-wise passes."""
+    return x + self.drop_path(ls(branch))
+
+
 def step_rows(reps: int) -> dict[str, float]:
-    """The data2vec 1.0 ViT-S/16 training step of the peer table (attention dropout 0.05 in every block) with the
-    attention dropout drawn by ``dropout_keep`` and by the fp32 uniform before it, interleaved in one process."""
+    """The data2vec 1.0 ViT-S/16 training step of the peer table (attention dropout 0.05 in every block, layer
+    scale, drop path 0.25), interleaved in one process: as before the two levers (attention dropout from an fp32
+    uniform, the residual branch op by op), with ``dropout_keep`` only, and as the code is (both levers)."""
     from peer_table import ours
 
-    step, _, _ = ours("d2v1", torch.device("cpu"), "bf16", 8)
-    current = attention.explicit_attention
+    from unimim.nn.block import Block
 
-    def run(fn) -> None:
-        attention.explicit_attention = fn
+    step, _, _ = ours("d2v1", torch.device("cpu"), "bf16", 8)
+    explicit, residual = attention.explicit_attention, Block.residual
+
+    def run(attn_fn, residual_fn) -> None:
+        attention.explicit_attention, Block.residual = attn_fn, residual_fn
         try:
             step()
         finally:
-            attention.explicit_attention = current
+            attention.explicit_attention, Block.residual = explicit, residual
 
-    res = timed({"fp32 uniform": lambda: run(_explicit_rand_dropout), "dropout_keep": lambda: run(current)}, reps)
-    return {f"d2v1 step, attention dropout {k} ms": 1e3 * v for k, v in res.items()}
+    res = timed({"before (fp32 uniform, residual op by op)": lambda: run(_explicit_rand_dropout, _residual_op_by_op),
+                 "dropout_keep": lambda: run(explicit, _residual_op_by_op),
+                 "dropout_keep + Block.residual (the code)": lambda: run(explicit, residual)}, reps)
+    return {f"d2v1 step, {k} ms": 1e3 * v for k, v in res.items()}
 
 
 def _d2v1_model():

@@ -7,6 +7,7 @@ residual connection (fairseq ``TransformerSentenceEncoderLayer``: ``layer_result
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from unimim.nn.attention import Attention
@@ -68,11 +69,21 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """x: (B, T, D) -> (block output (B, T, D), FFN output before the residual (B, T, D))."""
         if self.norm_first:
-            x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), padding_mask, attn_bias)))
+            x = self.residual(x, self.attn(self.norm1(x), padding_mask, attn_bias), self.ls1)
             ffn = self.mlp(self.norm2(x))
-            x = x + self.drop_path(self.ls2(ffn))
+            x = self.residual(x, ffn, self.ls2)
         else:
-            x = self.norm1(x + self.drop_path(self.ls1(self.attn(x, padding_mask, attn_bias))))
+            x = self.norm1(self.residual(x, self.attn(x, padding_mask, attn_bias), self.ls1))
             ffn = self.mlp(x)
-            x = self.norm2(x + self.drop_path(self.ls2(ffn)))
+            x = self.norm2(self.residual(x, ffn, self.ls2))
         return x, ffn
+
+    def residual(self, x: Tensor, branch: Tensor, ls: nn.Module) -> Tensor:
+        """x + drop_path(ls(branch)), x and branch (B, T, D), in one pass when there is a scale: the layer-scale
+        gamma (D,) and the per-sample drop-path factor (B, 1, 1) multiply into one (B, 1, D) | (D,) factor, and
+        ``addcmul`` adds branch * factor to x (one kernel instead of up to three element-wise passes)."""
+        scale = ls.gamma if isinstance(ls, LayerScale) else None
+        keep = self.drop_path.sample_scale(x) if isinstance(self.drop_path, DropPath) else None  # (B, 1, 1)
+        if keep is not None:
+            scale = keep if scale is None else keep * scale  # (B, 1, D)
+        return x + branch if scale is None else torch.addcmul(x, branch, scale)

@@ -15,13 +15,18 @@ class DropPath(nn.Module):
             raise ValueError(f"drop path probability must be in [0, 1), got {p}")
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def sample_scale(self, x: Tensor) -> Tensor | None:
+        """The per-sample factor for a branch like x (B, ..): (B, 1, ..) of 0 or 1 / (1 - p), or None when
+        inactive (p = 0 or eval)."""
         if self.p == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.p
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        scale = x.new_empty(shape).bernoulli_(keep).div_(keep)  # (B, 1, ..): 0 or 1 / keep per sample
-        return x * scale  # one pass over x (not a multiply, then a divide)
+        return x.new_empty(shape).bernoulli_(keep).div_(keep)  # (B, 1, ..): 0 or 1 / keep per sample
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.sample_scale(x)
+        return x if scale is None else x * scale  # one pass over x (not a multiply, then a divide)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
