@@ -12,10 +12,10 @@ Sections (ViT-S/16 at 224 px, batch 8, bf16 autocast, unless said):
   first (the same Bernoulli draw; the multiply in bf16).
   And the current draw, :func:`unimim.nn.attention.dropout_keep` (16 random bits per entry, 4 per 64-bit draw)
   on the bf16 probabilities.
-* ``step``: the data2vec 1.0 ViT-S/16 step of ``peer_table.py``, interleaved: before the last two levers (the
-  attention dropout of the explicit path from an fp32 uniform; each residual branch's layer scale, drop path and
-  add as three passes; both kept in this file), with ``dropout_keep`` only, and the code (``Block.residual``'s
-  single ``addcmul`` too).
+* ``step``: the data2vec 1.0 and MAE ViT-S/16 steps of ``peer_table.py``, interleaved: before the last levers
+  (the explicit path on head views of qkv with the attention dropout from an fp32 uniform; each residual branch's
+  layer scale, drop path and add as three passes; both kept in this file), with the explicit path as it is
+  (contiguous k, v; ``dropout_keep``), and the code (``Block.residual``'s single ``addcmul`` too).
 * ``adamw``: one AdamW step over the parameters of the data2vec 1.0 ViT-S/16 model: torch's plain per-parameter
   loop, ``foreach=True``, ``fused=True``.
 * ``teacher``: the teacher's forward under autocast (fp32 weights cast at every use) against a forward of a bf16
@@ -137,8 +137,8 @@ def dropout_rows(reps: int) -> dict[str, float]:
 
 
 def _explicit_rand_dropout(q, k, v, mask, dropout_p, *, masked_rows=False):
-    """The explicit attention before ``dropout_keep``: an fp32 uniform per probability, the (B, H, T, T) map
-    multiplied in fp32 and cast back (kept here as the baseline of the ``step`` section)."""
+    """The explicit attention before its last levers (the baseline of the ``step`` section): matmuls on the head
+    views of qkv as given, an fp32 uniform per probability, the (B, H, T, T) map multiplied in fp32 and cast back."""
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if mask is not None:
         logits = logits + mask
@@ -156,27 +156,35 @@ def _residual_op_by_op(self, x, branch, ls):
 
 
 def step_rows(reps: int) -> dict[str, float]:
-    """The data2vec 1.0 ViT-S/16 training step of the peer table (attention dropout 0.05 in every block, layer
-    scale, drop path 0.25), interleaved in one process: as before the two levers (attention dropout from an fp32
-    uniform, the residual branch op by op), with ``dropout_keep`` only, and as the code is (both levers)."""
+    """Training steps of the peer table, interleaved in one process, before and after the explicit path's last
+    levers. data2vec 1.0 ViT-S/16 (attention dropout 0.05 in every block, layer scale, drop path 0.25): before
+    (``_explicit_rand_dropout``: head views, an fp32 uniform per probability; the residual op by op), with the
+    explicit path as it is (contiguous k, v; ``dropout_keep``), and the code (``Block.residual`` too). MAE (no
+    attention dropout, no layer scale or drop path: only the contiguous k, v differ): before and the code."""
     from peer_table import ours
 
     from unimim.nn.block import Block
 
-    step, _, _ = ours("d2v1", torch.device("cpu"), "bf16", 8)
     explicit, residual = attention.explicit_attention, Block.residual
 
-    def run(attn_fn, residual_fn) -> None:
+    def run(step, attn_fn, residual_fn) -> None:
         attention.explicit_attention, Block.residual = attn_fn, residual_fn
         try:
             step()
         finally:
             attention.explicit_attention, Block.residual = explicit, residual
 
-    res = timed({"before (fp32 uniform, residual op by op)": lambda: run(_explicit_rand_dropout, _residual_op_by_op),
-                 "dropout_keep": lambda: run(explicit, _residual_op_by_op),
-                 "dropout_keep + Block.residual (the code)": lambda: run(explicit, residual)}, reps)
-    return {f"d2v1 step, {k} ms": 1e3 * v for k, v in res.items()}
+    out = {}
+    d2v1, _, _ = ours("d2v1", torch.device("cpu"), "bf16", 8)
+    res = timed({"before": lambda: run(d2v1, _explicit_rand_dropout, _residual_op_by_op),
+                 "explicit path as now": lambda: run(d2v1, explicit, _residual_op_by_op),
+                 "the code (Block.residual too)": lambda: run(d2v1, explicit, residual)}, reps)
+    out.update({f"d2v1 step, {k} ms": 1e3 * v for k, v in res.items()})
+    mae, _, _ = ours("mae", torch.device("cpu"), "bf16", 8)
+    res = timed({"before": lambda: run(mae, _explicit_rand_dropout, residual),
+                 "the code": lambda: run(mae, explicit, residual)}, reps)
+    out.update({f"mae step, {k} ms": 1e3 * v for k, v in res.items()})
+    return out
 
 
 def _d2v1_model():
