@@ -17,9 +17,10 @@ Rows (ViT-S/16 at 224 px by default, batch 8, bf16 autocast on the CPU, SDPA att
 
 Each row runs in its own subprocess (so its peak memory is its own): ``--warmup`` untimed steps, then ``--steps``
 timed ones; images/s counts unique images. FLOPs per image are counted, for ours and the peers alike, with
-``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (matrix products only; the CPU flash
-kernels added as in ``step_throughput.py``), so ``% of peak`` = counted FLOP/s / the bf16 (or fp32) ``torch.mm``
-peak measured in the same run. Peak memory: the row process's peak RSS (CPU) or ``max_memory_allocated`` (CUDA).
+``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (matrix products and convolutions only;
+the CPU flash kernels added and a grouped convolution's backward counted per group, as in training:
+``unimim.train.flops.custom_formulas``), so ``% of peak`` = counted FLOP/s / the bf16 (or fp32) ``torch.mm`` peak
+measured in the same run. Peak memory: the row process's peak RSS (CPU) or ``max_memory_allocated`` (CUDA).
 
 Timing caveat (as in ``step_throughput.py``): on a small CPU nothing else may run; the ``cpu util`` column shows
 when something did.
@@ -49,9 +50,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_throughput import _cpu_flash_mapping, measure_mm_peak, sync  # noqa: E402
+from step_throughput import measure_mm_peak, sync  # noqa: E402
 
 from unimim.core.batch import Batch  # noqa: E402
+from unimim.train.flops import custom_formulas  # noqa: E402
 
 log = logging.getLogger("peer_table")
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +236,7 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
                              else ours(row, device, args.precision, args.batch_size))
     # counted eagerly (compiled code is not seen by the counter); the compiled rows compile in their first step
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False,
-                                                                   custom_mapping=_cpu_flash_mapping()) as fc:
+                                                                   custom_mapping=custom_formulas()) as fc:
         flop_pass()
     flops_per_image = fc.get_total_flops() / args.batch_size
     if device.type == "cuda":

@@ -71,6 +71,7 @@ import numpy as np
 import torch
 
 from unimim.core.batch import Batch
+from unimim.train.flops import custom_formulas
 
 log = logging.getLogger("step_throughput")
 
@@ -125,34 +126,11 @@ def analytic_flops(cfg: Any) -> FlopModel:
     return FlopModel(embed=embed, block=block, head=head, depth=cfg.encoder.depth)
 
 
-def _cpu_flash_mapping() -> dict[Any, Any]:
-    """FlopCounterMode formulas for the CPU flash-attention kernels, which its registry lacks (torch 2.11)."""
-    from torch.utils import flop_counter as fcm
-
-    aten = torch.ops.aten
-    mapping: dict[Any, Any] = {}
-    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if fwd is not None and hasattr(fcm, "sdpa_flop_count"):
-
-        def fwd_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return fcm.sdpa_flop_count(query_shape, key_shape, value_shape)
-
-        mapping[fwd] = fwd_flops
-    if bwd is not None and hasattr(fcm, "sdpa_backward_flop_count"):
-
-        def bwd_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-            return fcm.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-        mapping[bwd] = bwd_flops
-    return mapping
-
-
 def counted_flops(objective: torch.nn.Module, engine: Any, batch: Batch) -> float:
     """Total FLOPs FlopCounterMode records over one objective forward + backward (gradients discarded)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False, custom_mapping=_cpu_flash_mapping()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=custom_formulas()) as counter:
         with engine.autocast():
             out = objective(batch)
         engine.backward(out.loss)

@@ -1,4 +1,4 @@
-"""Training FLOPs: hand-computed counts of linear layers and of a ViT encoder, the counts a training run logs, the
+"""Training FLOPs: hand-computed counts of linear layers, grouped convolutions and of a ViT encoder, the counts a training run logs, the
 cache by batch shape and its estimate past the cap, and MAE's visible-only encoder counted as cheaper."""
 
 from __future__ import annotations
@@ -55,6 +55,22 @@ def test_a_linear_layer_step_counts_forward_and_twice_that_backward():
     with flops.measure(Batch(inputs=x)):
         lin(x).sum().backward()
     assert flops.total == 2 * B * IN * OUT + 2 * (2 * B * IN * OUT)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_a_grouped_convolution_step_counts_forward_and_the_forward_per_gradient(groups, input_grad):
+    """Conv1d(C, C, k, groups): forward 2 * B * L * C * (C / groups) * k (hand-computed); the weight gradient and,
+    when the input needs one, the input gradient cost as much each (PyTorch's own formula counts the weight
+    gradient groups times over)."""
+    b, c, length, k = 2, 32, 10, 3
+    conv = nn.Conv1d(c, c, k, padding=k // 2, groups=groups, bias=False)
+    x = torch.randn(b, c, length, requires_grad=input_grad)
+    flops = StepFlops()
+    with flops.measure(Batch(inputs=x)):
+        conv(x).sum().backward()
+    forward = 2 * b * length * c * (c // groups) * k
+    assert flops.total == forward * (3 if input_grad else 2)
 
 
 def test_the_loop_logs_cumulative_flops_of_hand_computed_steps():

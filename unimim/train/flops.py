@@ -1,7 +1,8 @@
 """The training FLOPs of a step, counted by PyTorch's ``torch.utils.flop_counter.FlopCounterMode``.
 
 What is counted is the usual "training FLOPs" of a step: the matrix products (linear layers, attention scores and
-their weighting of the values), convolutions and fused attention kernels of the forward and the backward passes, as
+their weighting of the values), convolutions (a grouped one's backward counted per group, unlike PyTorch's own
+formula) and fused attention kernels of the forward and the backward passes, as
 they are executed (the EMA teacher's forward included; recomputation under gradient checkpointing included; 2 FLOPs
 per multiply-add). Elementwise work (activations, normalisation, softmax, the optimizer update, the EMA update) is
 not counted. The backward of a fused attention kernel is counted as PyTorch counts it (the scores recomputed);
@@ -66,9 +67,25 @@ def _cpu_attention_backward_flops(grad_out_shape: Any, query_shape: Any, key_sha
             + _bmm_flops(bh, tq, tk, d) + _bmm_flops(bh, d, tq, tk))
 
 
-def _custom_formulas() -> dict[Any, Any]:
+def _conv_backward_flops(grad_out_shape: Any, x_shape: Any, w_shape: Any, _bias: Any, _stride: Any, _padding: Any,
+                         _dilation: Any, transposed: bool, _output_padding: Any, _groups: Any, output_mask: Any,
+                         out_shape: Any = None, **kwargs: Any) -> int:
+    """A convolution's backward: each multiply-add of the forward, x[i] w[j] -> out[o], gives one to the input's
+    gradient (g[o] w[j] -> dx[i]) and one to the weight's (g[o] x[i] -> dw[j]), so each requested gradient costs
+    the forward's count. PyTorch's own formula (torch 2.11) leaves out the groups in the weight-gradient term,
+    which counts a grouped convolution's weight gradient ``groups`` times over (16x: data2vec 2.0's decoder, the
+    speech positional convolution). grad_out (B, C_out, ..), x (B, C_in, ..), w (C_out, C_in / groups, ..)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def custom_formulas() -> dict[Any, Any]:
+    """FlopCounterMode formulas that replace or add to PyTorch's: the CPU fused attention kernel and its backward
+    (not in its table) and the convolution backward (grouped convolutions, see :func:`_conv_backward_flops`)."""
     aten = torch.ops.aten
-    out = {}
+    out: dict[Any, Any] = {aten.convolution_backward: _conv_backward_flops}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         out[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_attention_flops
         out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_attention_backward_flops
@@ -76,8 +93,9 @@ def _custom_formulas() -> dict[Any, Any]:
 
 
 def counter() -> FlopCounterMode:
-    """A silent FlopCounterMode that also counts the CPU fused attention kernel."""
-    return FlopCounterMode(display=False, custom_mapping=_custom_formulas())
+    """A silent FlopCounterMode that also counts the CPU fused attention kernel (and grouped convolutions'
+    backward correctly)."""
+    return FlopCounterMode(display=False, custom_mapping=custom_formulas())
 
 
 def batch_signature(batch: Batch) -> Signature:
