@@ -150,16 +150,16 @@ def make_batches(cfg: Any, n: int, device: torch.device) -> list[Any]:
 class TimedBatches:
     """Cycles ``batches``; each request marks the end of the previous step (after a device sync)."""
 
-    def __init__(self, batches: list[dict[str, Any]], device: torch.device) -> None:
+    def __init__(self, batches: list[Any], device: torch.device) -> None:
         self.batches, self.device, self.marks = batches, device, []
 
     def __iter__(self) -> TimedBatches:
         return self
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> Any:
         sync(self.device)
         self.marks.append(time.perf_counter())
-        return dict(self.batches[(len(self.marks) - 1) % len(self.batches)])  # a copy: the loop pops keys
+        return self.batches[(len(self.marks) - 1) % len(self.batches)]  # a Batch (the loop does not modify it)
 
     def finish(self) -> list[float]:
         """All step times in seconds (call after the last step)."""
@@ -206,7 +206,7 @@ class Row:
     ds_config: dict[str, Any] | None = None
 
 
-def run_ours(kind: str, args: argparse.Namespace, device: torch.device, batches: list[dict[str, Any]],
+def run_ours(kind: str, args: argparse.Namespace, device: torch.device, batches: list[Any],
              out_dir: str) -> tuple[list[float], list[float], dict[str, Any]]:
     """Our engines through ``train_loop``; returns (step times, losses, info)."""
     from unimim.app.registry import build_objective
@@ -249,7 +249,7 @@ def run_ours(kind: str, args: argparse.Namespace, device: torch.device, batches:
     return times, losses, info
 
 
-def run_peer(args: argparse.Namespace, device: torch.device, batches: list[dict[str, Any]], cfg: Any
+def run_peer(args: argparse.Namespace, device: torch.device, batches: list[Any], cfg: Any
              ) -> tuple[list[float], list[float], dict[str, Any]]:
     """timm's ViT-B/16 (the recipe's dimensions), plain supervised step on the same inputs."""
     import timm
@@ -291,7 +291,7 @@ LABELS = {
 }
 
 
-def bench_row(kind: str, tf32: bool, args: argparse.Namespace, device: torch.device, batches: list[dict[str, Any]],
+def bench_row(kind: str, tf32: bool, args: argparse.Namespace, device: torch.device, batches: list[Any],
               flops: dict[str, float], cfg: Any) -> Row:
     row = Row(engine=kind, label=LABELS[kind], tf32=tf32, precision=args.precision, batch=args.batch_size,
               warmup=args.warmup, steps=args.steps)

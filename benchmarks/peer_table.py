@@ -12,8 +12,11 @@ Rows (ViT-S/16 at 224 px by default, batch 8, bf16 autocast on the CPU, SDPA att
 * ``d2v1_ckpt``: ``d2v1`` with ``encoder.grad_checkpointing`` (the activation-memory / compute trade).
 * ``d2v1_compile``, ``mae_compile``: ``d2v1`` and ``mae`` with ``train.compile`` (each block of student and teacher
   compiled, ``unimim.train.compile``); ``first_step_s`` in the JSON is the first step, compilation included.
-* ``d2v2_r1``, ``d2v2_r8``: unimim data2vec 2.0 (``recipes/image/data2vec2_vitb16_in1k.yaml`` at width 384) with
-  1 and 8 masks per image (no HF peer exists).
+* ``d2v2_r1``, ``d2v2_r8``, ``d2v2_r16``: unimim data2vec 2.0 (``recipes/image/data2vec2_vitb16_in1k.yaml`` at
+  width 384) with 1, 8 and 16 (the recipe's) masks per image (no HF peer exists).
+
+``--model vitb16`` gives every row the recipes' own ViT-B/16 (width 768, 12 heads; the HF peers sized alike): the
+GPU table (``benchmarks/gpu_rows.sh``).
 
 Each row runs in its own subprocess (so its peak memory is its own): ``--warmup`` untimed steps, then ``--steps``
 timed ones; images/s counts unique images. FLOPs per image are counted, for ours and the peers alike, with
@@ -23,11 +26,13 @@ the CPU flash kernels added and a grouped convolution's backward counted per gro
 measured in the same run. Peak memory: the row process's peak RSS (CPU) or ``max_memory_allocated`` (CUDA).
 
 Timing caveat (as in ``step_throughput.py``): on a small CPU nothing else may run; the ``cpu util`` column shows
-when something did.
+when something did. On a shared (virtual) host the speed also drifts between rows run minutes apart (the mm peak
+815-925 GFLOP/s within an hour on one AMD EPYC VM): ``--rounds N`` runs every row N times, alternating, each round
+with its own peak, and reports the medians (% of peak and ours / HF taken within each round) and the ratio's range.
 
 Usage::
 
-    python benchmarks/peer_table.py --threads 2 --json benchmarks/results_peers_cpu.json
+    python benchmarks/peer_table.py --threads 2 --rounds 3 --json benchmarks/results_peers_cpu.json
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ log = logging.getLogger("peer_table")
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes" / "image"
 VITS = ["encoder.dim=384", "encoder.num_heads=6", "encoder.depth=12"]
+MODELS = {  # --model -> (width, heads, recipe overrides): ViT-S/16 (the CPU table) or the recipes' own ViT-B/16
+    "vits16": (384, 6, VITS),
+    "vitb16": (768, 12, ["encoder.dim=768", "encoder.num_heads=12", "encoder.depth=12"]),
+}
 ROWS = {  # row -> (label, peer of)
     "mae": ("MAE (75 %, decoder 8 x 512)", None),
     "mae_hf": ("ViTMAEForPreTraining", "mae"),
@@ -69,6 +78,7 @@ ROWS = {  # row -> (label, peer of)
     "mae_compile": ("MAE, train.compile", None),
     "d2v2_r1": ("data2vec 2.0, 1 mask per image", None),
     "d2v2_r8": ("data2vec 2.0, 8 masks per image", None),
+    "d2v2_r16": ("data2vec 2.0, 16 masks per image", None),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -81,7 +91,8 @@ def cpu_model() -> str:
 
 
 # -- the steps ---------------------------------------------------------------------------------------------------
-def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tuple[Any, Any, dict[str, Any]]:
+def ours(row: str, device: torch.device, precision: str, batch_size: int, model: str = "vits16"
+         ) -> tuple[Any, Any, dict[str, Any]]:
     """(step(), flop_pass(), info) of a unimim objective built from its recipe (nothing by hand)."""
     from modalities.image.masking import build_mask_generator
     from unimim.app.experiment import load_recipe
@@ -96,8 +107,9 @@ def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tup
     recipe, extra = {"mae": ("mae_vitb16_in1k.yaml", []), "d2v1": ("data2vec_vitb16_in1k.yaml", []),
                      "d2v1_ckpt": ("data2vec_vitb16_in1k.yaml", ["encoder.grad_checkpointing=true"]),
                      "d2v2_r1": ("data2vec2_vitb16_in1k.yaml", ["masking.num_masks=1"]),
-                     "d2v2_r8": ("data2vec2_vitb16_in1k.yaml", ["masking.num_masks=8"])}[row]
-    cfg = load_recipe(RECIPES / recipe, [*VITS, *extra, f"train.precision={precision}", "optim.lr=1e-4",
+                     "d2v2_r8": ("data2vec2_vitb16_in1k.yaml", ["masking.num_masks=8"]),
+                     "d2v2_r16": ("data2vec2_vitb16_in1k.yaml", ["masking.num_masks=16"])}[row]
+    cfg = load_recipe(RECIPES / recipe, [*MODELS[model][2], *extra, f"train.precision={precision}", "optim.lr=1e-4",
                                          "optim.base_lr=null", "optim.clip_grad=3.0"])
     torch.manual_seed(0)
     model = build_objective(cfg)
@@ -136,25 +148,29 @@ def ours(row: str, device: torch.device, precision: str, batch_size: int) -> tup
     return step, flop_pass, {"params_m": n_params / 1e6, "masks_per_image": cfg.masking.num_masks}
 
 
-def hf_mae(device: torch.device, precision: str, batch_size: int) -> tuple[Any, Any, dict[str, Any]]:
+def hf_mae(device: torch.device, precision: str, batch_size: int, model: str = "vits16"
+           ) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-    config = ViTMAEConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+    d, h, _ = MODELS[model]
+    config = ViTMAEConfig(hidden_size=d, num_hidden_layers=12, num_attention_heads=h, intermediate_size=4 * d,
                           image_size=224, patch_size=16, num_channels=3, qkv_bias=True, decoder_hidden_size=512,
                           decoder_num_hidden_layers=8, decoder_num_attention_heads=16, decoder_intermediate_size=2048,
                           mask_ratio=0.75, norm_pix_loss=True, attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = ViTMAEForPreTraining(config).to(device).train()
-    return _hf_loop(model, lambda x: model(pixel_values=x).loss, device, precision, batch_size, ema=None)
+    net = ViTMAEForPreTraining(config).to(device).train()
+    return _hf_loop(net, lambda x: net(pixel_values=x).loss, device, precision, batch_size, ema=None)
 
 
-def hf_data2vec(device: torch.device, precision: str, batch_size: int) -> tuple[Any, Any, dict[str, Any]]:
+def hf_data2vec(device: torch.device, precision: str, batch_size: int, model: str = "vits16"
+                ) -> tuple[Any, Any, dict[str, Any]]:
     """data2vec 1.0 on HF's Data2VecVision encoder, the settings of recipes/image/data2vec_vitb16_in1k.yaml."""
     from transformers import Data2VecVisionConfig, Data2VecVisionModel
 
     from modalities.image.masking import BlockMaskGenerator
 
-    config = Data2VecVisionConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+    d, h, _ = MODELS[model]
+    config = Data2VecVisionConfig(hidden_size=d, num_hidden_layers=12, num_attention_heads=h, intermediate_size=4 * d,
                                   image_size=224, patch_size=16, num_channels=3, use_mask_token=True,
                                   use_absolute_position_embeddings=False, use_relative_position_bias=False,
                                   use_shared_relative_position_bias=True, layer_scale_init_value=0.1,
@@ -165,7 +181,7 @@ def hf_data2vec(device: torch.device, precision: str, batch_size: int) -> tuple[
     teacher = Data2VecVisionModel(config, add_pooling_layer=False).to(device).eval()
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
-    head = torch.nn.Linear(384, 384).to(device)
+    head = torch.nn.Linear(d, d).to(device)
     module = torch.nn.ModuleDict({"student": student, "head": head})
     gen = BlockMaskGenerator((14, 14), 120, 16, None, 0.3)
     rng = np.random.default_rng(0)
@@ -179,9 +195,9 @@ def hf_data2vec(device: torch.device, precision: str, batch_size: int) -> tuple[
         pred = head(h[mask])  # (M, D)
         with torch.no_grad():
             layers = teacher(pixel_values=x, output_hidden_states=True).hidden_states[-k:]  # K x (B, 1 + N, D)
-            y = sum(F.layer_norm(t[:, 1:].float(), (384,)) for t in layers) / k  # (B, N, D)
-            y = F.layer_norm(y, (384,))[mask]  # (M, D)
-        return F.smooth_l1_loss(pred.float(), y, beta=2.0, reduction="none").sum(-1).mean() / 384
+            y = sum(F.layer_norm(t[:, 1:].float(), (d,)) for t in layers) / k  # (B, N, D)
+            y = F.layer_norm(y, (d,))[mask]  # (M, D)
+        return F.smooth_l1_loss(pred.float(), y, beta=2.0, reduction="none").sum(-1).mean() / d
 
     def ema() -> None:
         with torch.no_grad():
@@ -232,8 +248,8 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     build = {"mae_hf": hf_mae, "d2v1_hf": hf_data2vec}.get(row)
-    step, flop_pass, info = (build(device, args.precision, args.batch_size) if build is not None
-                             else ours(row, device, args.precision, args.batch_size))
+    step, flop_pass, info = (build(device, args.precision, args.batch_size, args.model) if build is not None
+                             else ours(row, device, args.precision, args.batch_size, args.model))
     # counted eagerly (compiled code is not seen by the counter); the compiled rows compile in their first step
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False,
                                                                    custom_mapping=custom_formulas()) as fc:
@@ -264,16 +280,40 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- the table -----------------------------------------------------------------------------------------------------
-def table(rows: dict[str, dict[str, Any]], peak: float) -> str:
-    head = (f"{'row':48} {'img/s':>7} {'GFLOP/img':>9} {'% peak':>6} {'peak MB':>8} {'cpu':>5}  {'vs HF':>6}")
-    lines = [head, "-" * len(head)]
-    for name, r in rows.items():
-        pct = 100 * r["images_per_s"] * r["gflop_per_image"] / peak
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each row over the rounds: the median images/s, % of the peak (each round's rate over that round's mm peak)
+    and ratio to its peer (within each round), the spread of the ratio, the largest peak memory, the lowest cpu."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in rounds[0]["rows"]:
+        runs = [r["rows"][name] for r in rounds]
+        pct = [100 * x["images_per_s"] * x["gflop_per_image"] / r["mm_peak_gflops"] for x, r in zip(runs, rounds)]
         peer = next((p for p, (_, of) in ROWS.items() if of == name), None)
-        ratio = (f"{r['images_per_s'] / rows[peer]['images_per_s']:6.2f}" if peer in rows else "     -")
+        ratios = ([r["rows"][name]["images_per_s"] / r["rows"][peer]["images_per_s"] for r in rounds]
+                  if peer in rounds[0]["rows"] else [])
+        utils = [x["cpu_util"] for x in runs if x.get("cpu_util") is not None]
+        out[name] = {**runs[0], "images_per_s": float(np.median([x["images_per_s"] for x in runs])),
+                     "images_per_s_rounds": [x["images_per_s"] for x in runs],
+                     "pct_of_peak": float(np.median(pct)), "pct_of_peak_rounds": pct,
+                     "vs_peer": float(np.median(ratios)) if ratios else None, "vs_peer_rounds": ratios,
+                     "peak_memory_mb": max(x["peak_memory_mb"] for x in runs),
+                     "cpu_util": min(utils) if utils else None,
+                     "first_step_s": float(np.median([x["first_step_s"] for x in runs]))}
+    return out
+
+
+def table(rows: dict[str, dict[str, Any]], n_rounds: int) -> str:
+    spread = n_rounds > 1
+    head = (f"{'row':48} {'img/s':>7} {'GFLOP/img':>9} {'% peak':>6} {'peak MB':>8} {'cpu':>5}  {'vs HF':>6}"
+            + (f"  {'vs HF range':>11}" if spread else ""))
+    lines = [head, "-" * len(head)]
+    for r in rows.values():
+        ratio = f"{r['vs_peer']:6.2f}" if r["vs_peer"] is not None else "     -"
         util = f"{100 * r['cpu_util']:4.0f}%" if r.get("cpu_util") is not None else "    -"
-        lines.append(f"{r['label'][:48]:48} {r['images_per_s']:7.2f} {r['gflop_per_image']:9.2f} {pct:6.1f} "
-                     f"{r['peak_memory_mb']:8.0f} {util}  {ratio}")
+        line = (f"{r['label'][:48]:48} {r['images_per_s']:7.2f} {r['gflop_per_image']:9.2f} {r['pct_of_peak']:6.1f} "
+                f"{r['peak_memory_mb']:8.0f} {util}  {ratio}")
+        if spread and r["vs_peer_rounds"]:
+            line += f"  {min(r['vs_peer_rounds']):5.2f}-{max(r['vs_peer_rounds']):.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -282,11 +322,13 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="bf16", choices=list(DTYPES))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--model", default="vits16", choices=list(MODELS), help="ViT-S/16 (default) or ViT-B/16")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     p.add_argument("--peak-sizes", default="1024,2048")
+    p.add_argument("--rounds", type=int, default=1, help="run every row this many times, alternating; medians")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = p.parse_args()
@@ -297,31 +339,47 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak = measure_mm_peak(device, DTYPES[args.precision], [int(s) for s in args.peak_sizes.split(",")], 5)["gflops"]
-    rows: dict[str, dict[str, Any]] = {}
-    for row in [r.strip() for r in args.rows.split(",") if r.strip()]:
+    names = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for row in names:
         if row not in ROWS:
             p.error(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
-        cmd = [sys.executable, __file__, "--row", row, "--device", args.device, "--precision", args.precision,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
-        if out.returncode != 0 or not lines:
-            raise SystemExit(f"row {row} failed:\n{out.stderr[-3000:]}")
-        rows[row] = json.loads(lines[-1][4:])
-        log.info("%s: %.2f img/s", row, rows[row]["images_per_s"])
-    text = table(rows, peak)
+    sizes = [int(x) for x in args.peak_sizes.split(",")]
+    rounds: list[dict[str, Any]] = []
+    for k in range(args.rounds):  # on a shared host the speed drifts: each round has its own peak, rows alternate
+        peak = measure_mm_peak(device, DTYPES[args.precision], sizes, 5)["gflops"]
+        rows: dict[str, dict[str, Any]] = {}
+        for row in names:
+            cmd = [sys.executable, __file__, "--row", row, "--model", args.model, "--device", args.device,
+                   "--precision", args.precision,
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
+            if out.returncode != 0 or not lines:
+                raise SystemExit(f"row {row} failed:\n{out.stderr[-3000:]}")
+            rows[row] = json.loads(lines[-1][4:])
+            log.info("round %d/%d, %s: %.2f img/s", k + 1, args.rounds, row, rows[row]["images_per_s"])
+            if args.json is not None:  # after every row: a run cut short keeps the rows it finished
+                args.json.write_text(json.dumps({"partial": True, "cpu": cpu_model(), "model": args.model,
+                                                 "rounds": [*rounds, {"mm_peak_gflops": peak, "rows": rows}]},
+                                                indent=2) + "\n")
+        rounds.append({"mm_peak_gflops": peak, "rows": rows})
+    summary = summarise(rounds)
+    text = table(summary, args.rounds)
+    peaks = [r["mm_peak_gflops"] for r in rounds]
     print(f"# {cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
-          f"{torch.get_num_threads()} threads, {args.precision}, batch {args.batch_size}, "
-          f"{args.precision} mm peak {peak:.0f} GFLOP/s")
+          f"{torch.get_num_threads()} threads, {args.model}, {args.precision}, batch {args.batch_size}, "
+          f"{args.precision} mm peak "
+          + (f"{peaks[0]:.0f} GFLOP/s" if len(peaks) == 1 else
+             f"{min(peaks):.0f}-{max(peaks):.0f} GFLOP/s over {len(peaks)} rounds (medians below)"))
     print(text)
     if args.json is not None:
-        args.json.write_text(json.dumps({"device": args.device, "cpu": cpu_model(), "platform": platform.platform(),
-                                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "precision": args.precision, "batch_size": args.batch_size,
-                                         "mm_peak_gflops": peak, "rows": rows, "table": text}, indent=2) + "\n")
+        args.json.write_text(json.dumps({
+            "partial": False, "device": args.device, "cpu": cpu_model(), "platform": platform.platform(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": args.precision,
+            "batch_size": args.batch_size, "model": args.model, "mm_peak_gflops": float(np.median(peaks)),
+            "rows": summary, "rounds": rounds, "table": text}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Training FLOPs: hand-computed counts of linear layers, grouped convolutions and of a ViT encoder, the counts a training run logs, the
-cache by batch shape and its estimate past the cap, and MAE's visible-only encoder counted as cheaper."""
+"""Training FLOPs: hand-computed counts of linear layers, grouped convolutions and of a ViT encoder, the counts a
+training run logs, the cache by batch shape and its estimate past the cap, and MAE's visible-only encoder counted as
+cheaper."""
 
 from __future__ import annotations
 
