@@ -279,10 +279,36 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
             "first_step_s": first, "loss_first": losses[0], "loss_last": losses[-1], **info}
 
 
+def run_pair(row: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``row`` (ours) and its HF peer built in one process and stepped alternately (the order swapped every step),
+    so that both see the same host speed: the median step times and the ratio of the medians. The peak memory of
+    this process is both models', so it is not reported here (the rows' own processes give it)."""
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peer = next(p for p, (_, of) in ROWS.items() if of == row)
+    build = {"mae_hf": hf_mae, "d2v1_hf": hf_data2vec}[peer]
+    steps = {row: ours(row, device, args.precision, args.batch_size, args.model)[0],
+             peer: build(device, args.precision, args.batch_size, args.model)[0]}
+    times: dict[str, list[float]] = {row: [], peer: []}
+    for i in range(args.warmup + args.steps):
+        for name in ((row, peer) if i % 2 == 0 else (peer, row)):
+            sync(device)
+            t0 = time.perf_counter()
+            steps[name]()
+            sync(device)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    ours_s, peer_s = float(np.median(times[row])), float(np.median(times[peer]))
+    return {"row": row, "peer": peer, "step_s_median": ours_s, "peer_step_s_median": peer_s,
+            "ratio": peer_s / ours_s, "step_s": times[row], "peer_step_s": times[peer]}
+
+
 # -- the table -----------------------------------------------------------------------------------------------------
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each row over the rounds: the median images/s, % of the peak (each round's rate over that round's mm peak)
-    and ratio to its peer (within each round), the spread of the ratio, the largest peak memory, the lowest cpu."""
+    and ratio to its peer (within each round; and, where run, from the same process stepping both alternately),
+    the spread of the ratios, the largest peak memory, the lowest cpu."""
     out: dict[str, dict[str, Any]] = {}
     for name in rounds[0]["rows"]:
         runs = [r["rows"][name] for r in rounds]
@@ -291,10 +317,13 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ratios = ([r["rows"][name]["images_per_s"] / r["rows"][peer]["images_per_s"] for r in rounds]
                   if peer in rounds[0]["rows"] else [])
         utils = [x["cpu_util"] for x in runs if x.get("cpu_util") is not None]
+        same = [r["pairs"][name]["ratio"] for r in rounds if name in r.get("pairs", {})]
         out[name] = {**runs[0], "images_per_s": float(np.median([x["images_per_s"] for x in runs])),
                      "images_per_s_rounds": [x["images_per_s"] for x in runs],
                      "pct_of_peak": float(np.median(pct)), "pct_of_peak_rounds": pct,
                      "vs_peer": float(np.median(ratios)) if ratios else None, "vs_peer_rounds": ratios,
+                     "vs_peer_same_process": float(np.median(same)) if same else None,
+                     "vs_peer_same_process_rounds": same,
                      "peak_memory_mb": max(x["peak_memory_mb"] for x in runs),
                      "cpu_util": min(utils) if utils else None,
                      "first_step_s": float(np.median([x["first_step_s"] for x in runs]))}
@@ -302,18 +331,28 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def table(rows: dict[str, dict[str, Any]], n_rounds: int) -> str:
+    """ours / HF from the rows' own processes ("vs HF") and from one process stepping both alternately ("same
+    proc"); with several rounds, the ranges of both over the rounds."""
     spread = n_rounds > 1
+    same = any(r.get("vs_peer_same_process") is not None for r in rows.values())
     head = (f"{'row':48} {'img/s':>7} {'GFLOP/img':>9} {'% peak':>6} {'peak MB':>8} {'cpu':>5}  {'vs HF':>6}"
-            + (f"  {'vs HF range':>11}" if spread else ""))
+            + (f"  {'range':>9}" if spread else "") + (f"  {'same proc':>9}" if same else "")
+            + (f"  {'range':>9}" if same and spread else ""))
     lines = [head, "-" * len(head)]
+
+    def cell(value: float | None, values: list[float]) -> str:
+        text = f"{value:6.2f}" if value is not None else "     -"
+        if spread:
+            text += f"  {min(values):4.2f}-{max(values):.2f}" if values else "          "
+        return text
+
     for r in rows.values():
-        ratio = f"{r['vs_peer']:6.2f}" if r["vs_peer"] is not None else "     -"
         util = f"{100 * r['cpu_util']:4.0f}%" if r.get("cpu_util") is not None else "    -"
         line = (f"{r['label'][:48]:48} {r['images_per_s']:7.2f} {r['gflop_per_image']:9.2f} {r['pct_of_peak']:6.1f} "
-                f"{r['peak_memory_mb']:8.0f} {util}  {ratio}")
-        if spread and r["vs_peer_rounds"]:
-            line += f"  {min(r['vs_peer_rounds']):5.2f}-{max(r['vs_peer_rounds']):.2f}"
-        lines.append(line)
+                f"{r['peak_memory_mb']:8.0f} {util}  {cell(r['vs_peer'], r['vs_peer_rounds'])}")
+        if same:
+            line += "     " + cell(r.get("vs_peer_same_process"), r.get("vs_peer_same_process_rounds", []))
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -330,11 +369,17 @@ def main() -> None:
     p.add_argument("--peak-sizes", default="1024,2048")
     p.add_argument("--rounds", type=int, default=1, help="run every row this many times, alternating; medians")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--no-pairs", dest="pairs", action="store_false",
+                   help="skip the same-process runs of ours and its HF peer stepped alternately")
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row, print its JSON
+    p.add_argument("--pair", default=None, help=argparse.SUPPRESS)  # internal: ours and its peer, alternating
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.row is not None:
         print("ROW " + json.dumps(run_row(args.row, args)), flush=True)
+        return
+    if args.pair is not None:
+        print("ROW " + json.dumps(run_pair(args.pair, args)), flush=True)
         return
     device = torch.device(args.device)
     if args.threads:
@@ -345,26 +390,36 @@ def main() -> None:
             p.error(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
     sizes = [int(x) for x in args.peak_sizes.split(",")]
     rounds: list[dict[str, Any]] = []
+    pairs = [r for r in names if args.pairs and any(of == r and p in names for p, (_, of) in ROWS.items())]
+
+    def sub(flag: str, row: str) -> dict[str, Any]:
+        cmd = [sys.executable, __file__, flag, row, "--model", args.model, "--device", args.device,
+               "--precision", args.precision,
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
+        if out.returncode != 0 or not lines:
+            raise SystemExit(f"{flag} {row} failed:\n{out.stderr[-3000:]}")
+        return json.loads(lines[-1][4:])
+
     for k in range(args.rounds):  # on a shared host the speed drifts: each round has its own peak, rows alternate
         peak = measure_mm_peak(device, DTYPES[args.precision], sizes, 5)["gflops"]
         rows: dict[str, dict[str, Any]] = {}
+        paired: dict[str, dict[str, Any]] = {}
         for row in names:
-            cmd = [sys.executable, __file__, "--row", row, "--model", args.model, "--device", args.device,
-                   "--precision", args.precision,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
-            if out.returncode != 0 or not lines:
-                raise SystemExit(f"row {row} failed:\n{out.stderr[-3000:]}")
-            rows[row] = json.loads(lines[-1][4:])
+            rows[row] = sub("--row", row)
             log.info("round %d/%d, %s: %.2f img/s", k + 1, args.rounds, row, rows[row]["images_per_s"])
             if args.json is not None:  # after every row: a run cut short keeps the rows it finished
                 args.json.write_text(json.dumps({"partial": True, "cpu": cpu_model(), "model": args.model,
                                                  "rounds": [*rounds, {"mm_peak_gflops": peak, "rows": rows}]},
                                                 indent=2) + "\n")
-        rounds.append({"mm_peak_gflops": peak, "rows": rows})
+        for row in pairs:
+            paired[row] = sub("--pair", row)
+            log.info("round %d/%d, %s and its peer in one process: ours / HF %.2f", k + 1, args.rounds, row,
+                     paired[row]["ratio"])
+        rounds.append({"mm_peak_gflops": peak, "rows": rows, "pairs": paired})
     summary = summarise(rounds)
     text = table(summary, args.rounds)
     peaks = [r["mm_peak_gflops"] for r in rounds]

@@ -38,10 +38,13 @@ def test_peer_table_summary_takes_medians_and_the_ratio_within_each_round():
     rounds = [{"mm_peak_gflops": 100.0, "rows": {"mae": row("mae", 12.0), "mae_hf": row("mae_hf", 6.0)}},
               {"mm_peak_gflops": 200.0, "rows": {"mae": row("mae", 15.0), "mae_hf": row("mae_hf", 10.0)}},
               {"mm_peak_gflops": 100.0, "rows": {"mae": row("mae", 8.0), "mae_hf": row("mae_hf", 8.0)}}]
+    for r, same in zip(rounds, (1.4, 1.3, 1.5), strict=True):  # ours and HF stepped alternately in one process
+        r["pairs"] = {"mae": {"ratio": same}}
     s = peer_table.summarise(rounds)
+    assert s["mae"]["vs_peer_same_process"] == 1.4 and s["mae_hf"]["vs_peer_same_process"] is None
     assert s["mae"]["images_per_s"] == 12.0 and s["mae"]["vs_peer"] == 1.5
     assert s["mae"]["vs_peer_rounds"] == [2.0, 1.5, 1.0] and s["mae_hf"]["vs_peer"] is None
     assert s["mae"]["pct_of_peak"] == pytest.approx(100 * 8.0 * 10 / 100)  # rounds: 120 %, 75 %, 80 % -> 80 %
     assert s["mae"]["peak_memory_mb"] == 115.0
     text = peer_table.table(s, 3)
-    assert "1.00-2.00" in text.splitlines()[2]
+    assert "1.00-2.00" in text.splitlines()[2] and "1.40  1.30-1.50" in text.splitlines()[2]
