@@ -11,8 +11,8 @@ from torch import Tensor, nn
 # then falls back to its "math" kernel, which on the CPU casts bf16 q, k, v to fp32 and so runs q k^T without the
 # bf16 matrix units). So on the CPU, sequences of up to this many tokens when gradients are recorded, and every
 # sequence while attention dropout is active, take the explicit path (:func:`explicit_attention`: bf16 matmuls
-# under autocast); a forward without gradients (the EMA teacher, evaluation) takes the fused
-# kernel; the GPU always gets PyTorch's choice. benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure them.
+# under autocast); a forward without gradients (the EMA teacher, evaluation) takes the fused kernel; the GPU always
+# gets PyTorch's choice. benchmarks/attention_cpu.py and benchmarks/levers_cpu.py measure them.
 CPU_MATH_MAX_TOKENS = 256
 
 
@@ -45,11 +45,11 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dro
     (as SDPA's safe softmax), not NaN.
 
     Dropout multiplies the probabilities by a 0 / 1 keep mask (:func:`dropout_keep`; exact in any dtype, so no
-    cast of the (B, H, T, T) map) and the output by 1 / (1 - p): F.dropout's distribution with the scale moved past
-    the linear ``@ v``."""
+    cast of the (B, H, T, T) map) and the output by 1 / (1 - p'): F.dropout's distribution (p rounded to 2^-16)
+    with the scale moved past the linear ``@ v``."""
     # k and v are usually head views of one fused qkv projection (token stride 3 D): the batched matmuls on such
     # strides take a slower path than on contiguous copies (fwd + bwd of the MAE decoder's (8, 16, 197, 32)
-    # attention 0.86 of the time with the copies; q is copied by its scaling anyway)
+    # attention 0.92 of the time with the copies; q is copied by its scaling anyway)
     k, v = k.contiguous(), v.contiguous()
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, hd) x (B, H, hd, T) -> (B, H, T, T)
     if mask is not None:
