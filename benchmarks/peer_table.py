@@ -22,7 +22,7 @@ Each row runs in its own subprocess (so its peak memory is its own): ``--warmup`
 timed ones; images/s counts unique images. FLOPs per image are counted, for ours and the peers alike, with
 ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (matrix products and convolutions only;
 the CPU flash kernels added and a grouped convolution's backward counted per group, as in training:
-``unimim.train.flops.custom_formulas``), so ``% of peak`` = counted FLOP/s / the bf16 (or fp32) ``torch.mm`` peak
+``unimim.train.flops.counter``), so ``% of peak`` = counted FLOP/s / the bf16 (or fp32) ``torch.mm`` peak
 measured in the same run. Peak memory: the row process's peak RSS (CPU) or ``max_memory_allocated`` (CUDA).
 
 Timing caveat (as in ``step_throughput.py``): on a small CPU nothing else may run; the ``cpu util`` column shows
@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_throughput import measure_mm_peak, sync  # noqa: E402
 
 from unimim.core.batch import Batch  # noqa: E402
-from unimim.train.flops import custom_formulas  # noqa: E402
+from unimim.train.flops import counter as flop_counter  # noqa: E402
 
 log = logging.getLogger("peer_table")
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,19 +240,28 @@ def _hf_loop(module: torch.nn.Module, loss_fn: Any, device: torch.device, precis
     return step, flop_pass, {"params_m": n_params / 1e6, "masks_per_image": 1}
 
 
+def build_row(row: str, device: torch.device, precision: str, batch_size: int, model: str = "vits16"
+              ) -> tuple[Any, Any, dict[str, Any]]:
+    """(step(), flop_pass(), info) of any row: an HF peer's or ours."""
+    peers = {"mae_hf": hf_mae, "d2v1_hf": hf_data2vec}
+    if row in peers:
+        return peers[row](device, precision, batch_size, model)
+    return ours(row, device, precision, batch_size, model)
+
+
+def peer_of(row: str) -> str | None:
+    """The HF peer row of ``row`` (None when it has none)."""
+    return next((p for p, (_, of) in ROWS.items() if of == row), None)
+
+
 # -- one row (in its own process) ----------------------------------------------------------------------------------
 def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    build = {"mae_hf": hf_mae, "d2v1_hf": hf_data2vec}.get(row)
-    step, flop_pass, info = (build(device, args.precision, args.batch_size, args.model) if build is not None
-                             else ours(row, device, args.precision, args.batch_size, args.model))
+    step, flop_pass, info = build_row(row, device, args.precision, args.batch_size, args.model)
     # counted eagerly (compiled code is not seen by the counter); the compiled rows compile in their first step
-    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False,
-                                                                   custom_mapping=custom_formulas()) as fc:
+    with torch.compiler.set_stance("force_eager"), flop_counter() as fc:
         flop_pass()
     flops_per_image = fc.get_total_flops() / args.batch_size
     if device.type == "cuda":
@@ -286,10 +295,8 @@ def run_pair(row: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    peer = next(p for p, (_, of) in ROWS.items() if of == row)
-    build = {"mae_hf": hf_mae, "d2v1_hf": hf_data2vec}[peer]
-    steps = {row: ours(row, device, args.precision, args.batch_size, args.model)[0],
-             peer: build(device, args.precision, args.batch_size, args.model)[0]}
+    peer = peer_of(row)
+    steps = {name: build_row(name, device, args.precision, args.batch_size, args.model)[0] for name in (row, peer)}
     times: dict[str, list[float]] = {row: [], peer: []}
     for i in range(args.warmup + args.steps):
         for name in ((row, peer) if i % 2 == 0 else (peer, row)):
@@ -313,7 +320,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name in rounds[0]["rows"]:
         runs = [r["rows"][name] for r in rounds]
         pct = [100 * x["images_per_s"] * x["gflop_per_image"] / r["mm_peak_gflops"] for x, r in zip(runs, rounds)]
-        peer = next((p for p, (_, of) in ROWS.items() if of == name), None)
+        peer = peer_of(name)
         ratios = ([r["rows"][name]["images_per_s"] / r["rows"][peer]["images_per_s"] for r in rounds]
                   if peer in rounds[0]["rows"] else [])
         utils = [x["cpu_util"] for x in runs if x.get("cpu_util") is not None]
@@ -390,7 +397,7 @@ def main() -> None:
             p.error(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
     sizes = [int(x) for x in args.peak_sizes.split(",")]
     rounds: list[dict[str, Any]] = []
-    pairs = [r for r in names if args.pairs and any(of == r and p in names for p, (_, of) in ROWS.items())]
+    pairs = [r for r in names if args.pairs and peer_of(r) in names]
 
     def sub(flag: str, row: str) -> dict[str, Any]:
         cmd = [sys.executable, __file__, flag, row, "--model", args.model, "--device", args.device,

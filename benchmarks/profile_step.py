@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_table import ROWS, cpu_model, hf_data2vec, hf_mae, ours  # noqa: E402
+from peer_table import ROWS, build_row, cpu_model  # noqa: E402
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::_scaled_dot_product",
           "aten::_flash_attention", "aten::baddbmm", "aten::mkldnn_convolution")
@@ -37,9 +37,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    build = {"mae_hf": hf_mae, "d2v1_hf": hf_data2vec}.get(args.row)
-    step, _, _ = (build(device, args.precision, args.batch_size) if build is not None
-                  else ours(args.row, device, args.precision, args.batch_size))
+    step, _, _ = build_row(args.row, device, args.precision, args.batch_size)
     step()  # warm-up
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from unimim.core.batch import Batch
-from unimim.train.flops import custom_formulas
+from unimim.train.flops import counter as flop_counter
 
 log = logging.getLogger("step_throughput")
 
@@ -128,9 +128,7 @@ def analytic_flops(cfg: Any) -> FlopModel:
 
 def counted_flops(objective: torch.nn.Module, engine: Any, batch: Batch) -> float:
     """Total FLOPs FlopCounterMode records over one objective forward + backward (gradients discarded)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, custom_mapping=custom_formulas()) as counter:
+    with flop_counter() as counter:
         with engine.autocast():
             out = objective(batch)
         engine.backward(out.loss)

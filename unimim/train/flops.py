@@ -2,12 +2,12 @@
 
 What is counted is the usual "training FLOPs" of a step: the matrix products (linear layers, attention scores and
 their weighting of the values), convolutions (a grouped one's backward counted per group, unlike PyTorch's own
-formula) and fused attention kernels of the forward and the backward passes, as
-they are executed (the EMA teacher's forward included; recomputation under gradient checkpointing included; 2 FLOPs
-per multiply-add). Elementwise work (activations, normalisation, softmax, the optimizer update, the EMA update) is
-not counted. The backward of a fused attention kernel is counted as PyTorch counts it (the scores recomputed);
-written-out attention (matmul, softmax, matmul) counts the backward of its two products, so the attention part of
-one model may differ slightly between two devices that pick different attention paths.
+formula) and fused attention kernels of the forward and the backward passes, as they are executed (the EMA teacher's
+forward included; recomputation under gradient checkpointing included; 2 FLOPs per multiply-add). Elementwise work
+(activations, normalisation, softmax, the optimizer update, the EMA update) is not counted. The backward of a fused
+attention kernel is counted as PyTorch counts it (the scores recomputed); written-out attention (matmul, softmax,
+matmul) counts the backward of its two products, so the attention part of one model may differ slightly between two
+devices that pick different attention paths.
 
 A micro-batch's cost is known by its *shape signature*: the shapes of the :class:`~unimim.core.batch.Batch`'s tensor
 fields (inputs, mask, padding_mask, student_inputs, views, labels). The first micro-batch of a new signature runs
@@ -81,7 +81,7 @@ def _conv_backward_flops(grad_out_shape: Any, x_shape: Any, w_shape: Any, _bias:
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
-def custom_formulas() -> dict[Any, Any]:
+def _custom_formulas() -> dict[Any, Any]:
     """FlopCounterMode formulas that replace or add to PyTorch's: the CPU fused attention kernel and its backward
     (not in its table) and the convolution backward (grouped convolutions, see :func:`_conv_backward_flops`)."""
     aten = torch.ops.aten
@@ -95,7 +95,7 @@ def custom_formulas() -> dict[Any, Any]:
 def counter() -> FlopCounterMode:
     """A silent FlopCounterMode that also counts the CPU fused attention kernel (and grouped convolutions'
     backward correctly)."""
-    return FlopCounterMode(display=False, custom_mapping=custom_formulas())
+    return FlopCounterMode(display=False, custom_mapping=_custom_formulas())
 
 
 def batch_signature(batch: Batch) -> Signature:
