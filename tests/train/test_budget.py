@@ -141,3 +141,17 @@ def test_measure_step_cost_leaves_a_following_pretrain_unchanged(tmp_path):
     after = pretrain(cfg, progress=False)
     assert after.losses == plain.losses
     assert cost.flops_per_step == pytest.approx(read_metrics(after.run_dir)[0]["flops"])
+
+
+def test_measure_step_cost_times_no_step_under_the_flop_counter(tmp_path, monkeypatch):
+    # every batch a new shape signature (as speech crops are): only the warm-up step may be counted, since the
+    # counter slows the step it watches; the timed steps' FLOPs are scaled from it (same input size here: equal)
+    import unimim.train.flops as flops_mod
+
+    counted = []
+    real_counter = flops_mod.counter
+    monkeypatch.setattr(flops_mod, "batch_signature", lambda batch: object())
+    monkeypatch.setattr(flops_mod, "counter", lambda: counted.append(1) or real_counter())
+    cost = measure_step_cost(tiny(tmp_path, "train.steps=4"), steps=3, warmup=1)
+    assert len(counted) == 1
+    assert cost.flops_per_step > 0 and cost.steps_timed == 3
