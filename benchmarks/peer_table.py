@@ -59,6 +59,7 @@ from step_throughput import measure_mm_peak, sync  # noqa: E402
 
 from unimim.core.batch import Batch  # noqa: E402
 from unimim.train.flops import counter as flop_counter  # noqa: E402
+from unimim.train.host_memory import retain_freed_memory  # noqa: E402
 
 log = logging.getLogger("peer_table")
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,6 +260,7 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory(args.malloc == "retain")  # as a run's prepare_process does (for the HF rows too)
     step, flop_pass, info = build_row(row, device, args.precision, args.batch_size, args.model)
     # counted eagerly (compiled code is not seen by the counter); the compiled rows compile in their first step
     with torch.compiler.set_stance("force_eager"), flop_counter() as fc:
@@ -295,6 +297,7 @@ def run_pair(row: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory(args.malloc == "retain")
     peer = peer_of(row)
     steps = {name: build_row(name, device, args.precision, args.batch_size, args.model)[0] for name in (row, peer)}
     times: dict[str, list[float]] = {row: [], peer: []}
@@ -376,6 +379,9 @@ def main() -> None:
     p.add_argument("--peak-sizes", default="1024,2048")
     p.add_argument("--rounds", type=int, default=1, help="run every row this many times, alternating; medians")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--malloc", default="retain", choices=["retain", "glibc"],
+                   help="each row's process as training sets it (train.retain_freed_memory, for the HF rows too) "
+                        "or with glibc's allocator defaults")
     p.add_argument("--no-pairs", dest="pairs", action="store_false",
                    help="skip the same-process runs of ours and its HF peer stepped alternately")
     p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row, print its JSON
@@ -402,7 +408,8 @@ def main() -> None:
     def sub(flag: str, row: str) -> dict[str, Any]:
         cmd = [sys.executable, __file__, flag, row, "--model", args.model, "--device", args.device,
                "--precision", args.precision,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--malloc", args.malloc]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -432,6 +439,7 @@ def main() -> None:
     peaks = [r["mm_peak_gflops"] for r in rounds]
     print(f"# {cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
           f"{torch.get_num_threads()} threads, {args.model}, {args.precision}, batch {args.batch_size}, "
+          f"malloc {args.malloc}, "
           f"{args.precision} mm peak "
           + (f"{peaks[0]:.0f} GFLOP/s" if len(peaks) == 1 else
              f"{min(peaks):.0f}-{max(peaks):.0f} GFLOP/s over {len(peaks)} rounds (medians below)"))
@@ -440,7 +448,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "partial": False, "device": args.device, "cpu": cpu_model(), "platform": platform.platform(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": args.precision,
-            "batch_size": args.batch_size, "model": args.model, "mm_peak_gflops": float(np.median(peaks)),
+            "batch_size": args.batch_size, "model": args.model, "malloc": args.malloc,
+            "mm_peak_gflops": float(np.median(peaks)),
             "rows": summary, "rounds": rounds, "table": text}, indent=2) + "\n")
 
 

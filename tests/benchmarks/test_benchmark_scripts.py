@@ -48,3 +48,11 @@ def test_peer_table_summary_takes_medians_and_the_ratio_within_each_round():
     assert s["mae"]["peak_memory_mb"] == 115.0
     text = peer_table.table(s, 3)
     assert "1.00-2.00" in text.splitlines()[2] and "1.40  1.30-1.50" in text.splitlines()[2]
+
+
+def test_malloc_summary_takes_medians_and_the_ratio_within_each_round():
+    malloc_cpu = pytest.importorskip("malloc_cpu")
+    runs = {"glibc": [{"t": 2.0}, {"t": 3.0}, {"t": 9.0}], "retain": [{"t": 1.0}, {"t": 2.0}, {"t": 3.0}]}
+    got = malloc_cpu.summary(runs, "t")
+    assert got["glibc"] == 3.0 and got["retain"] == 2.0
+    assert got["ratio_rounds"] == [2.0, 1.5, 3.0] and got["glibc_over_retain"] == 2.0  # not 3.0 / 2.0

@@ -52,6 +52,9 @@ class TrainConfig:
     resume: bool = True               # continue from out_dir/name/model.safetensors when it exists; false: start over,
                                       # the earlier run's files moved to out_dir/name/replaced-<time>/
     threads: int | None = None        # torch intra-op threads (None = torch default)
+    retain_freed_memory: bool = True  # glibc: freed large CPU buffers stay mapped for reuse, not page-faulted in
+                                      # afresh at each allocation (unimim.train.host_memory; 3-4x on element-wise
+                                      # ops over large tensors); false: glibc's defaults
     compile: bool = False             # torch.compile each transformer block (student and teacher; inductor, in
                                       # place: unimim.train.compile); the first step of each input shape compiles
     stop_after: int | None = None     # end this invocation after this many completed steps (a time-limited job

@@ -54,6 +54,7 @@ from unimim.nn.encoder import EncoderConfig
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from unimim.train.ds_engine import DeepSpeedConfig
 from unimim.train.engine import resolve_device
+from unimim.train.host_memory import retain_freed_memory
 from unimim.train.optim import OptimConfig
 from unimim.train.run import RUNTIME_CHANGES, _flatten, check_resumable, run_pretraining, seed_everything
 from unimim.train.run_dir import OutputError, describe_os_error, locked, make_run_dir, remove_partial_files, set_aside
@@ -266,6 +267,7 @@ def finetune_run(run_dir: str | Path, recipe: str | Path | None = None, override
                           "nothing to fine-tune on")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    retain_freed_memory(cfg.train.retain_freed_memory)
     if spec.bind_run_dir is not None:  # the run's own copy of its inputs (the text tokenizer)
         spec.bind_run_dir(cfg.data, run_dir)
     task = spec.build_task(cfg.task, cfg, True)

@@ -31,6 +31,7 @@ from unimim.train.compile import compile_blocks
 from unimim.train.data import ExampleSource, make_loader
 from unimim.train.ds_checkpoint import DeepSpeedCheckpoints
 from unimim.train.engine import SingleProcessEngine, resolve_device
+from unimim.train.host_memory import retain_freed_memory
 from unimim.train.interrupt import stop_on_signals
 from unimim.train.loop import train_loop
 from unimim.train.metrics import MetricsWriter, NullMetrics, check_loggers
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # Not part of a run's identity either: train.out_dir (a moved or copied run directory resumes).
 RUNTIME_CHANGES = ("train.out_dir", "train.log_every", "train.checkpoint_every", "train.num_workers",
                    "train.resume", "train.threads", "train.device", "train.stop_after", "train.max_seconds",
-                   "train.loggers", "train.wandb_project", "train.compile")
+                   "train.loggers", "train.wandb_project", "train.compile", "train.retain_freed_memory")
 # evaluation settings (probes, fine-tuning and its labelled task) never block resuming pretraining
 RESUMABLE_CHANGES = (*RUNTIME_CHANGES, "deepspeed.timeout_s", "probe.", "task.", "finetune.")
 
@@ -175,12 +176,14 @@ def run_context(cfg: Any) -> Iterator[None]:
 
 
 def prepare_process(cfg: Any) -> None:
-    """Per-process set-up before anything is built: log level by rank, intra-op threads, the seeds (the objective's
-    initial weights are drawn after this). Inside :func:`run_context`."""
+    """Per-process set-up before anything is built: log level by rank, intra-op threads, the allocator's thresholds
+    (:func:`retain_freed_memory`), the seeds (the objective's initial weights are drawn after this). Inside
+    :func:`run_context`."""
     if cfg.deepspeed.enabled and dist_utils.rank() != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs; the others report warnings and errors only
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    retain_freed_memory(cfg.train.retain_freed_memory)
     seed_everything(cfg.train.seed)
 
 
