@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_table import ROWS, build_row, cpu_model  # noqa: E402
+from peer_table import ROWS, build_row, cpu_model, run_child  # noqa: E402
 
 from unimim.train.host_memory import RETAIN_BYTES, is_glibc, set_malloc_thresholds  # noqa: E402
 
@@ -112,21 +110,12 @@ def main() -> None:
                               "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds, "runs": {}}
     jobs = (["ops"] if "ops" in sections else []) + (rows if "rows" in sections else [])
 
-    def sub(what: str, setting: str) -> dict[str, Any]:
-        cmd = [sys.executable, __file__, "--own", what, setting, "--batch-size", str(args.batch_size),
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
-        if out.returncode != 0 or not lines:
-            raise SystemExit(f"{what} ({setting}) failed:\n{out.stderr[-3000:]}")
-        return json.loads(lines[-1][4:])
-
     for k in range(args.rounds):  # the host drifts: the settings alternate, their order swapped every round
         for what in jobs:
             for setting in (("glibc", "retain") if k % 2 == 0 else ("retain", "glibc")):
-                got = sub(what, setting)
+                got = run_child(__file__, ["--own", what, setting, "--batch-size", str(args.batch_size), "--steps",
+                                           str(args.steps), "--warmup", str(args.warmup)], args.threads,
+                                f"{what} ({setting})")
                 result["runs"].setdefault(what, {"glibc": [], "retain": []})[setting].append(got)
                 log.info("round %d, %s %s: %s", k + 1, what, setting,
                          {n: round(v, 2) for n, v in got["ms"].items()} if what == "ops"

@@ -256,6 +256,18 @@ def peer_of(row: str) -> str | None:
 
 
 # -- one row (in its own process) ----------------------------------------------------------------------------------
+def run_child(script: str, argv: list[str], threads: int | None, what: str) -> dict[str, Any]:
+    """Run ``script argv`` (a benchmark's internal one-row mode) in a fresh interpreter, its own process (its own
+    peak memory and allocator state), and return the JSON of the last ``ROW `` line it prints; exit naming ``what``
+    with the tail of its stderr when it fails."""
+    cmd = [sys.executable, script, *argv, *(["--threads", str(threads)] if threads else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][4:])
+
+
 def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
@@ -406,17 +418,10 @@ def main() -> None:
     pairs = [r for r in names if args.pairs and peer_of(r) in names]
 
     def sub(flag: str, row: str) -> dict[str, Any]:
-        cmd = [sys.executable, __file__, flag, row, "--model", args.model, "--device", args.device,
-               "--precision", args.precision,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--malloc", args.malloc]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        lines = [x for x in out.stdout.splitlines() if x.startswith("ROW ")]
-        if out.returncode != 0 or not lines:
-            raise SystemExit(f"{flag} {row} failed:\n{out.stderr[-3000:]}")
-        return json.loads(lines[-1][4:])
+        return run_child(__file__, [flag, row, "--model", args.model, "--device", args.device,
+                                    "--precision", args.precision, "--batch-size", str(args.batch_size),
+                                    "--steps", str(args.steps), "--warmup", str(args.warmup),
+                                    "--malloc", args.malloc], args.threads, f"{flag} {row}")
 
     for k in range(args.rounds):  # on a shared host the speed drifts: each round has its own peak, rows alternate
         peak = measure_mm_peak(device, DTYPES[args.precision], sizes, 5)["gflops"]

@@ -26,10 +26,9 @@ from unimim.train.compile import compile_blocks
 from unimim.train.data import make_loader
 from unimim.train.engine import SingleProcessEngine, resolve_device
 from unimim.train.flops import StepFlops
-from unimim.train.host_memory import retain_freed_memory
 from unimim.train.loop import train_step
 from unimim.train.optim import build_optimizer, peak_lr, weight_decay_schedule
-from unimim.train.run import seed_everything
+from unimim.train.run import apply_host_settings, seed_everything
 from unimim.train.schedules import cosine_with_warmup
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,7 @@ def measure_step_cost(cfg: Any, *, steps: int = 5, warmup: int = 2) -> StepCost:
 
 
 def _measure(cfg: Any, tmp: Path, steps: int, warmup: int) -> StepCost:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    retain_freed_memory(cfg.train.retain_freed_memory)  # as pretrain does (process-wide: not undone after)
+    apply_host_settings(cfg.train)  # as pretrain does (the threads are restored after; the allocator's are not)
     seed_everything(cfg.train.seed)  # as pretrain does: the objective's initial weights depend on it
     spec = MODALITIES[cfg.modality]
     if spec.bind_run_dir is not None:  # inputs kept with a run (the text tokenizer): a temporary copy here

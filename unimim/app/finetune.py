@@ -54,9 +54,15 @@ from unimim.nn.encoder import EncoderConfig
 from unimim.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from unimim.train.ds_engine import DeepSpeedConfig
 from unimim.train.engine import resolve_device
-from unimim.train.host_memory import retain_freed_memory
 from unimim.train.optim import OptimConfig
-from unimim.train.run import RUNTIME_CHANGES, _flatten, check_resumable, run_pretraining, seed_everything
+from unimim.train.run import (
+    RUNTIME_CHANGES,
+    _flatten,
+    apply_host_settings,
+    check_resumable,
+    run_pretraining,
+    seed_everything,
+)
 from unimim.train.run_dir import OutputError, describe_os_error, locked, make_run_dir, remove_partial_files, set_aside
 
 log = logging.getLogger(__name__)
@@ -265,9 +271,7 @@ def finetune_run(run_dir: str | Path, recipe: str | Path | None = None, override
     if spec.build_task is None or not hasattr(cfg, "task"):
         raise ConfigError(f"modality {cfg.modality!r} declares no labelled task yet (ModalitySpec.build_task): "
                           "nothing to fine-tune on")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    retain_freed_memory(cfg.train.retain_freed_memory)
+    apply_host_settings(cfg.train)
     if spec.bind_run_dir is not None:  # the run's own copy of its inputs (the text tokenizer)
         spec.bind_run_dir(cfg.data, run_dir)
     task = spec.build_task(cfg.task, cfg, True)

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
 RETAIN_BYTES = 2**31 - 1  # the largest int mallopt takes: no request or free block is that large in practice
-GLIBC_DYNAMIC_MAX = (32 * 2**20, 64 * 2**20)  # (mmap, trim) where glibc's dynamic raising stops on 64-bit Linux
 
 
 def is_glibc() -> bool:

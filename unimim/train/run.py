@@ -175,15 +175,20 @@ def run_context(cfg: Any) -> Iterator[None]:
         yield
 
 
+def apply_host_settings(train: Any) -> None:
+    """The process settings of a run's ``train`` config (pretraining, fine-tuning, step-cost measurement): torch's
+    intra-op threads and the allocator's thresholds (:func:`retain_freed_memory`)."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    retain_freed_memory(train.retain_freed_memory)
+
+
 def prepare_process(cfg: Any) -> None:
-    """Per-process set-up before anything is built: log level by rank, intra-op threads, the allocator's thresholds
-    (:func:`retain_freed_memory`), the seeds (the objective's initial weights are drawn after this). Inside
-    :func:`run_context`."""
+    """Per-process set-up before anything is built: log level by rank, :func:`apply_host_settings`, the seeds (the
+    objective's initial weights are drawn after this). Inside :func:`run_context`."""
     if cfg.deepspeed.enabled and dist_utils.rank() != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs; the others report warnings and errors only
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    retain_freed_memory(cfg.train.retain_freed_memory)
+    apply_host_settings(cfg.train)
     seed_everything(cfg.train.seed)
 
 
